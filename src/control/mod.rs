@@ -1,0 +1,1 @@
+//! Control socket: wire codec, connections, commands.
