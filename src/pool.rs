@@ -1,1 +1,1109 @@
-//! pool
+//! One pool's desired state and the decisions that move it there: a pure state
+//! machine. Events come in (worker spawned, acked, exited, a deadline passed, a
+//! command), [`Action`]s come out (spawn, signal, upgrade progress, stopped). No
+//! syscalls happen here and time is passed in, so every decision — backoff, ack
+//! timeouts, smooth and fleet upgrades, surge bounds, supersession, shutdown — is
+//! unit-tested without processes.
+//!
+//! Theory of operation. Every event ends in [`Pool::reconcile`], which compares what
+//! runs with what is wanted and emits the difference, so the order in which events
+//! arrive never matters. Workers carry the *version* (generation) they were spawned
+//! at. Without an upgrade, versions do not matter: the pool keeps `count` live
+//! workers. During an upgrade, workers of other versions are *old*: new ones are
+//! started within `max_unacked` and `max_surge`, and an old acked worker is only
+//! retired while the acked total stays at or above `count` (smooth), or all at once
+//! when every new one has acked (fleet). A new version that fails `retries` times is
+//! abandoned: its unacked workers are stopped and the pool goes back to the version
+//! it came from, with the old workers still serving.
+//!
+//! Indexes make each event O(log n): workers are bucketed by version and ack state,
+//! deadlines live in one ordered set, free slot indexes in another.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::config::{AckMode, PoolConfig, UpgradeStrategy, MAX_RESPAWN_DELAY};
+
+pub type Pid = i32;
+pub type WorkerId = u64;
+pub type UpgradeId = u64;
+
+/// Why the master asked a worker to stop (or killed it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// Replaced by a newer version during an upgrade.
+    Retired,
+    /// The pool has more workers than `count`.
+    ScaledDown,
+    /// The master or the pool is shutting down.
+    Shutdown,
+    /// Manual ack mode: no ack within `ack_timeout`; killed.
+    AckTimeout,
+    /// New-version worker stopped because its upgrade was abandoned or superseded.
+    Abandoned,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Retired => "retired",
+            StopReason::ScaledDown => "scaled down",
+            StopReason::Shutdown => "shutdown",
+            StopReason::AckTimeout => "ack timeout",
+            StopReason::Abandoned => "upgrade abandoned",
+        }
+    }
+}
+
+/// Where a worker is in its life. Each state carries what is valid in it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkerState {
+    /// Spawn requested, pid not known yet.
+    Spawning,
+    /// Running, not yet ready. `deadline`: timer mode — acked then; manual mode —
+    /// killed then.
+    Unacked {
+        deadline: Instant,
+    },
+    Acked {
+        at: Instant,
+    },
+    /// Stop signal sent; SIGKILL at `kill_at` if still alive.
+    Draining {
+        since: Instant,
+        kill_at: Option<Instant>,
+        reason: StopReason,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub id: WorkerId,
+    pub pid: Option<Pid>,
+    /// EINHORN_CHILD_INDEX: unique among this pool's live workers.
+    pub index: u32,
+    pub version: u64,
+    pub spec: Arc<PoolConfig>,
+    pub spawned_at: Instant,
+    pub state: WorkerState,
+    pub acked_at: Option<Instant>,
+    /// Signals sent to it by the master, in order.
+    pub signals: Vec<Signal>,
+    /// Last `worker:ping`: when, and the request_id it carried.
+    pub last_ping: Option<(Instant, Option<String>)>,
+}
+
+impl Worker {
+    pub fn is_acked(&self) -> bool {
+        matches!(self.state, WorkerState::Acked { .. })
+    }
+    pub fn is_draining(&self) -> bool {
+        matches!(self.state, WorkerState::Draining { .. })
+    }
+}
+
+/// What the master must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Fork/exec a worker; report the result with [`Pool::spawned`].
+    Spawn {
+        worker: WorkerId,
+        index: u32,
+        version: u64,
+        spec: Arc<PoolConfig>,
+    },
+    Signal {
+        pid: Pid,
+        signal: Signal,
+    },
+    /// Upgrade progress for whoever asked; `outcome` is set on the final message.
+    Progress {
+        upgrade: UpgradeId,
+        message: String,
+        outcome: Option<Result<(), String>>,
+    },
+    /// The pool was shut down and its last worker is gone.
+    Stopped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Each worker gets its pool's `stop_signal` (INT, USR2, `die`).
+    Graceful,
+    /// Each worker gets this signal (TERM, QUIT, `die SIG`).
+    With(Signal),
+}
+
+#[derive(Debug, Clone)]
+struct Upgrade {
+    id: UpgradeId,
+    strategy: UpgradeStrategy,
+    failures: u32,
+    /// The version (and its spec) to fall back to if this upgrade fails.
+    from: (u64, Arc<PoolConfig>),
+    started: Instant,
+}
+
+/// How the last upgrade of this pool ended, for `status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpgradeOutcome {
+    pub id: UpgradeId,
+    pub version: u64,
+    pub at: Instant,
+    pub result: Result<(), String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Deadline(WorkerId),
+    Respawn,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Bucket {
+    unacked: BTreeSet<(u32, WorkerId)>,
+    acked: BTreeSet<(u32, WorkerId)>,
+}
+
+impl Bucket {
+    fn len(&self) -> usize {
+        self.unacked.len() + self.acked.len()
+    }
+}
+
+/// Errors from commands and worker messages addressed to a pool.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("pid {pid} is not a worker of pool {pool}")]
+    NotAWorker { pool: String, pid: Pid },
+    #[error("pool {pool} is shutting down")]
+    ShuttingDown { pool: String },
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    name: String,
+    count: usize,
+    /// Version new workers are spawned at, and its spec.
+    target: (u64, Arc<PoolConfig>),
+    next_version: u64,
+    next_worker: WorkerId,
+    next_upgrade: UpgradeId,
+    workers: HashMap<WorkerId, Worker>,
+    by_pid: HashMap<Pid, WorkerId>,
+    /// Live, non-draining workers by version.
+    buckets: BTreeMap<u64, Bucket>,
+    draining: usize,
+    timers: BTreeSet<(Instant, TimerKey)>,
+    free_indexes: BTreeSet<u32>,
+    next_index: u32,
+    upgrade: Option<Upgrade>,
+    last_upgrade: Option<UpgradeOutcome>,
+    /// Consecutive deaths before ack (any ack resets it).
+    failures: u32,
+    respawn_at: Option<Instant>,
+    /// `retries` exhausted in steady state: no more respawns until a command.
+    gave_up: bool,
+    shutdown: Option<Shutdown>,
+    stopped_reported: bool,
+}
+
+impl Pool {
+    pub fn new(spec: Arc<PoolConfig>) -> Pool {
+        Pool {
+            name: spec.name.clone(),
+            count: spec.count,
+            target: (1, spec),
+            next_version: 2,
+            next_worker: 1,
+            next_upgrade: 1,
+            workers: HashMap::new(),
+            by_pid: HashMap::new(),
+            buckets: BTreeMap::new(),
+            draining: 0,
+            timers: BTreeSet::new(),
+            free_indexes: BTreeSet::new(),
+            next_index: 0,
+            upgrade: None,
+            last_upgrade: None,
+            failures: 0,
+            respawn_at: None,
+            gave_up: false,
+            shutdown: None,
+            stopped_reported: false,
+        }
+    }
+
+    // ---- read side -------------------------------------------------------
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn count(&self) -> usize {
+        self.count
+    }
+    pub fn spec(&self) -> &Arc<PoolConfig> {
+        &self.target.1
+    }
+    pub fn version(&self) -> u64 {
+        self.target.0
+    }
+    pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
+        self.workers.get(&id)
+    }
+    pub fn worker_by_pid(&self, pid: Pid) -> Option<&Worker> {
+        self.by_pid.get(&pid).and_then(|id| self.workers.get(id))
+    }
+    /// Workers sorted by index then id (for display).
+    pub fn workers_sorted(&self) -> Vec<&Worker> {
+        let mut v: Vec<&Worker> = self.workers.values().collect();
+        v.sort_by_key(|w| (w.index, w.id));
+        v
+    }
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+    pub fn acked(&self) -> usize {
+        self.buckets.values().map(|b| b.acked.len()).sum()
+    }
+    pub fn draining(&self) -> usize {
+        self.draining
+    }
+    pub fn upgrading(&self) -> Option<(UpgradeId, UpgradeStrategy, Instant)> {
+        self.upgrade.as_ref().map(|u| (u.id, u.strategy, u.started))
+    }
+    pub fn last_upgrade(&self) -> Option<&UpgradeOutcome> {
+        self.last_upgrade.as_ref()
+    }
+    pub fn gave_up(&self) -> bool {
+        self.gave_up
+    }
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_some()
+    }
+    pub fn respawn_at(&self) -> Option<Instant> {
+        self.respawn_at
+    }
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+    /// Earliest instant at which [`Pool::tick`] has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+    /// Every pool has its count acked and nothing is in flight.
+    pub fn is_settled(&self) -> bool {
+        self.shutdown.is_none() && self.upgrade.is_none() && self.acked() >= self.count
+    }
+
+    // ---- events ------------------------------------------------------------
+
+    /// Start the pool's workers.
+    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.reconcile(now, &mut out);
+        out
+    }
+
+    /// Result of an [`Action::Spawn`].
+    pub fn spawned(
+        &mut self,
+        id: WorkerId,
+        result: Result<Pid, String>,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        match result {
+            Ok(pid) => {
+                let Some(w) = self.workers.get_mut(&id) else {
+                    return out;
+                };
+                w.pid = Some(pid);
+                let deadline = now
+                    + match w.spec.ack {
+                        AckMode::Timer => w.spec.ack_timer,
+                        AckMode::Manual => w.spec.ack_timeout,
+                    };
+                w.state = WorkerState::Unacked { deadline };
+                self.by_pid.insert(pid, id);
+                self.timers.insert((deadline, TimerKey::Deadline(id)));
+                log::info!(
+                    "pool {}: spawned worker pid {} (index {}, version {})",
+                    self.name,
+                    pid,
+                    w.index,
+                    w.version
+                );
+                if self.shutdown.is_some() {
+                    self.stop_worker(
+                        id,
+                        self.shutdown_signal(id),
+                        StopReason::Shutdown,
+                        now,
+                        &mut out,
+                    );
+                }
+            }
+            Err(e) => {
+                log::error!("pool {}: could not spawn worker: {}", self.name, e);
+                if let Some(w) = self.remove(id) {
+                    self.count_failure(&w, now, &mut out);
+                }
+            }
+        }
+        self.reconcile(now, &mut out);
+        out
+    }
+
+    /// A worker said it is ready (`worker:ack`).
+    pub fn ack(&mut self, pid: Pid, now: Instant) -> Result<Vec<Action>, PoolError> {
+        let id = self.id_of(pid)?;
+        let mut out = Vec::new();
+        self.mark_acked(id, now, &mut out);
+        self.reconcile(now, &mut out);
+        Ok(out)
+    }
+
+    /// A worker pinged (`worker:ping`): a liveness hint shown by `state`.
+    pub fn ping(
+        &mut self,
+        pid: Pid,
+        request_id: Option<String>,
+        now: Instant,
+    ) -> Result<(), PoolError> {
+        let id = self.id_of(pid)?;
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.last_ping = Some((now, request_id));
+        }
+        Ok(())
+    }
+
+    /// A worker process was reaped. `how` describes the exit for the log.
+    /// Returns `None` if the pid is not ours.
+    pub fn exited(&mut self, pid: Pid, how: &str, now: Instant) -> Option<Vec<Action>> {
+        let id = *self.by_pid.get(&pid)?;
+        let w = self.remove(id)?;
+        let mut out = Vec::new();
+        match &w.state {
+            WorkerState::Draining { reason, since, .. } => {
+                log::info!(
+                    "pool {}: worker pid {} exited ({}) {:.1?} after stop ({})",
+                    self.name,
+                    pid,
+                    how,
+                    now.saturating_duration_since(*since),
+                    reason.as_str()
+                );
+                if *reason == StopReason::AckTimeout {
+                    self.count_failure(&w, now, &mut out);
+                }
+            }
+            _ => {
+                let ever_acked = w.acked_at.is_some();
+                log::warn!(
+                    "pool {}: worker pid {} (index {}, version {}) died unexpectedly: {}{}",
+                    self.name,
+                    pid,
+                    w.index,
+                    w.version,
+                    how,
+                    if ever_acked { "" } else { ", before it acked" }
+                );
+                if ever_acked {
+                    let in_upgrade = self
+                        .upgrade
+                        .as_ref()
+                        .is_some_and(|_| w.version == self.target.0);
+                    if in_upgrade {
+                        self.count_failure(&w, now, &mut out);
+                    } else {
+                        let at = now + w.spec.respawn_delay;
+                        self.set_respawn_at(at.max(self.respawn_at.unwrap_or(at)));
+                    }
+                } else {
+                    self.count_failure(&w, now, &mut out);
+                }
+            }
+        }
+        self.reconcile(now, &mut out);
+        Some(out)
+    }
+
+    /// Deadlines that have passed: timer acks, ack timeouts, SIGKILL escalation,
+    /// respawn after backoff.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        while let Some(&(at, key)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, key));
+            match key {
+                TimerKey::Respawn => {}
+                TimerKey::Deadline(id) => self.deadline_passed(id, now, &mut out),
+            }
+        }
+        self.reconcile(now, &mut out);
+        out
+    }
+
+    /// `inc`, `dec`, `set_workers`, TTIN/TTOU, a reload that changed `count`.
+    pub fn set_count(&mut self, count: usize, now: Instant) -> Result<Vec<Action>, PoolError> {
+        self.refuse_if_shutting_down()?;
+        if count != self.count {
+            log::info!("pool {}: count {} -> {}", self.name, self.count, count);
+        }
+        self.count = count;
+        self.revive();
+        let mut out = Vec::new();
+        self.reconcile(now, &mut out);
+        Ok(out)
+    }
+
+    /// New settings that need no restart (stop_timeout, max_unacked, ...): the
+    /// running version keeps its number; new workers use the new spec.
+    pub fn retune(&mut self, spec: Arc<PoolConfig>, now: Instant) -> Vec<Action> {
+        self.target.1 = spec;
+        let mut out = Vec::new();
+        self.reconcile(now, &mut out);
+        out
+    }
+
+    /// Start a rolling upgrade to a new version (with a new spec when the config
+    /// changed). Supersedes a running upgrade.
+    pub fn upgrade(
+        &mut self,
+        strategy: Option<UpgradeStrategy>,
+        spec: Option<Arc<PoolConfig>>,
+        now: Instant,
+    ) -> Result<(UpgradeId, Vec<Action>), PoolError> {
+        self.refuse_if_shutting_down()?;
+        let mut out = Vec::new();
+        let spec = spec.unwrap_or_else(|| self.target.1.clone());
+        let strategy = strategy.unwrap_or(spec.upgrade);
+        let from = match self.upgrade.take() {
+            Some(prev) => {
+                let msg = format!("superseded by upgrade #{}", self.next_upgrade);
+                log::info!("pool {}: upgrade #{} {}", self.name, prev.id, msg);
+                out.push(Action::Progress {
+                    upgrade: prev.id,
+                    message: format!("pool {}: upgrade {}", self.name, msg),
+                    outcome: Some(Err(msg)),
+                });
+                prev.from
+            }
+            None => self.target.clone(),
+        };
+        let id = self.next_upgrade;
+        self.next_upgrade += 1;
+        let version = self.next_version;
+        self.next_version += 1;
+        self.target = (version, spec);
+        self.upgrade = Some(Upgrade {
+            id,
+            strategy,
+            failures: 0,
+            from,
+            started: now,
+        });
+        self.revive();
+        let how = match strategy {
+            UpgradeStrategy::Smooth => format!(
+                "smoothly (max_unacked {}, max_surge {})",
+                self.target.1.max_unacked,
+                self.target.1.surge(self.count)
+            ),
+            UpgradeStrategy::Fleet => "as a fleet".to_string(),
+        };
+        log::info!(
+            "pool {}: upgrade #{} to version {} {}",
+            self.name,
+            id,
+            version,
+            how
+        );
+        out.push(Action::Progress {
+            upgrade: id,
+            message: format!(
+                "pool {}: upgrading {} worker(s) to version {} {}",
+                self.name, self.count, version, how
+            ),
+            outcome: None,
+        });
+        self.reconcile(now, &mut out);
+        Ok((id, out))
+    }
+
+    /// Stop the pool: no more spawning, every worker gets its stop signal.
+    pub fn shutdown(&mut self, how: Shutdown, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if let Some(up) = self.upgrade.take() {
+            self.finish_upgrade(up, Err("interrupted by shutdown".into()), now, &mut out);
+        }
+        self.shutdown = Some(how);
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            let sig = self.shutdown_signal(id);
+            let draining_already = self.workers.get(&id).is_some_and(Worker::is_draining);
+            if draining_already {
+                // Escalate only when a different signal was asked for.
+                if let (Shutdown::With(s), Some(pid)) =
+                    (how, self.workers.get(&id).and_then(|w| w.pid))
+                {
+                    self.send(id, pid, s, &mut out);
+                }
+            } else {
+                self.stop_worker(id, sig, StopReason::Shutdown, now, &mut out);
+            }
+        }
+        self.reconcile(now, &mut out);
+        out
+    }
+
+    /// `signal SIG`: send a signal to every live worker (no state change).
+    pub fn signal_all(&mut self, signal: Signal) -> Vec<Action> {
+        let mut out = Vec::new();
+        let targets: Vec<(WorkerId, Pid)> = self
+            .workers
+            .values()
+            .filter_map(|w| w.pid.map(|p| (w.id, p)))
+            .collect();
+        for (id, pid) in targets {
+            self.send(id, pid, signal, &mut out);
+        }
+        out
+    }
+
+    // ---- internals ----------------------------------------------------------
+
+    fn id_of(&self, pid: Pid) -> Result<WorkerId, PoolError> {
+        self.by_pid
+            .get(&pid)
+            .copied()
+            .ok_or_else(|| PoolError::NotAWorker {
+                pool: self.name.clone(),
+                pid,
+            })
+    }
+
+    fn refuse_if_shutting_down(&self) -> Result<(), PoolError> {
+        if self.shutdown.is_some() {
+            return Err(PoolError::ShuttingDown {
+                pool: self.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// An operator action clears a steady-state give-up and the backoff.
+    fn revive(&mut self) {
+        if self.gave_up {
+            log::info!("pool {}: respawning again", self.name);
+        }
+        self.gave_up = false;
+        self.failures = 0;
+        self.set_respawn_at_none();
+    }
+
+    fn shutdown_signal(&self, id: WorkerId) -> Signal {
+        match self.shutdown {
+            Some(Shutdown::With(s)) => s,
+            _ => self
+                .workers
+                .get(&id)
+                .map_or(self.target.1.stop_signal, |w| w.spec.stop_signal),
+        }
+    }
+
+    fn set_respawn_at(&mut self, at: Instant) {
+        self.set_respawn_at_none();
+        self.respawn_at = Some(at);
+        self.timers.insert((at, TimerKey::Respawn));
+    }
+
+    fn set_respawn_at_none(&mut self) {
+        if let Some(t) = self.respawn_at.take() {
+            self.timers.remove(&(t, TimerKey::Respawn));
+        }
+    }
+
+    fn deadline_passed(&mut self, id: WorkerId, now: Instant, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        match w.state.clone() {
+            WorkerState::Unacked { .. } => match w.spec.ack {
+                AckMode::Timer => self.mark_acked(id, now, out),
+                AckMode::Manual => {
+                    log::warn!(
+                        "pool {}: worker pid {} did not ack within {:?}: killing it",
+                        self.name,
+                        w.pid.unwrap_or(0),
+                        w.spec.ack_timeout
+                    );
+                    self.stop_worker(id, Signal::SIGKILL, StopReason::AckTimeout, now, out);
+                }
+            },
+            WorkerState::Draining {
+                since,
+                kill_at: Some(_),
+                reason,
+            } => {
+                if let Some(pid) = w.pid {
+                    log::warn!(
+                        "pool {}: worker pid {} still alive {:?} after its stop signal: sending SIGKILL",
+                        self.name,
+                        pid,
+                        w.spec.stop_timeout
+                    );
+                    w.state = WorkerState::Draining {
+                        since,
+                        kill_at: None,
+                        reason,
+                    };
+                    self.send(id, pid, Signal::SIGKILL, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn mark_acked(&mut self, id: WorkerId, now: Instant, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let WorkerState::Unacked { deadline } = w.state else {
+            return;
+        };
+        self.timers.remove(&(deadline, TimerKey::Deadline(id)));
+        w.state = WorkerState::Acked { at: now };
+        w.acked_at = Some(now);
+        let (index, version, pid) = (w.index, w.version, w.pid.unwrap_or(0));
+        if let Some(b) = self.buckets.get_mut(&version) {
+            b.unacked.remove(&(index, id));
+            b.acked.insert((index, id));
+        }
+        self.failures = 0;
+        log::info!(
+            "pool {}: worker pid {} acked (index {}, version {})",
+            self.name,
+            pid,
+            index,
+            version
+        );
+        if let Some(up) = &self.upgrade {
+            if version == self.target.0 {
+                let acked = self.buckets.get(&version).map_or(0, |b| b.acked.len());
+                out.push(Action::Progress {
+                    upgrade: up.id,
+                    message: format!(
+                        "pool {}: {}/{} new workers acked (pid {})",
+                        self.name, acked, self.count, pid
+                    ),
+                    outcome: None,
+                });
+            }
+        }
+    }
+
+    /// A worker died before it acked, or a new version died during its upgrade.
+    fn count_failure(&mut self, w: &Worker, now: Instant, out: &mut Vec<Action>) {
+        self.failures = self.failures.saturating_add(1);
+        let delay = backoff(w.spec.respawn_delay, self.failures);
+        self.set_respawn_at(now + delay);
+        if let Some(up) = &mut self.upgrade {
+            if w.version == self.target.0 {
+                up.failures += 1;
+                let limit = w.spec.upgrade_retries();
+                if up.failures >= limit {
+                    if let Some(up) = self.upgrade.take() {
+                        let why = format!(
+                            "version {} failed {} time(s) (last: worker {} before it was ready); old workers keep serving",
+                            w.version, up.failures, if w.acked_at.is_some() { "died" } else { "died or timed out" }
+                        );
+                        self.finish_upgrade(up, Err(why), now, out);
+                    }
+                }
+                return;
+            }
+        }
+        if self.upgrade.is_none() {
+            if let Some(r) = w.spec.retries {
+                if self.failures > r && !self.gave_up {
+                    self.gave_up = true;
+                    log::error!(
+                        "pool {}: giving up after {} consecutive failed spawns (retries = {}); `inc`, `upgrade` or a reload tries again",
+                        self.name,
+                        self.failures,
+                        r
+                    );
+                    return;
+                }
+            }
+            log::info!(
+                "pool {}: respawning in {:.1?} ({} consecutive failure(s))",
+                self.name,
+                delay,
+                self.failures
+            );
+        }
+    }
+
+    fn finish_upgrade(
+        &mut self,
+        up: Upgrade,
+        result: Result<(), String>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let version = self.target.0;
+        let message = match &result {
+            Ok(()) => {
+                log::info!(
+                    "pool {}: upgrade #{} done: {} worker(s) at version {} in {:.1?}",
+                    self.name,
+                    up.id,
+                    self.count,
+                    version,
+                    now.saturating_duration_since(up.started)
+                );
+                format!(
+                    "pool {}: upgrade done: {} worker(s) at version {}",
+                    self.name, self.count, version
+                )
+            }
+            Err(why) => {
+                log::error!("pool {}: upgrade #{} failed: {}", self.name, up.id, why);
+                format!("pool {}: upgrade failed: {}", self.name, why)
+            }
+        };
+        if result.is_err() && self.shutdown.is_none() {
+            // Stop what the failed version started and not yet proved; acked
+            // workers of it keep serving (they work), old ones were never retired
+            // beyond what acked new ones replaced.
+            let victims: Vec<WorkerId> = self
+                .buckets
+                .get(&version)
+                .map(|b| b.unacked.iter().map(|(_, id)| *id).collect())
+                .unwrap_or_default();
+            for id in victims {
+                let sig = self
+                    .workers
+                    .get(&id)
+                    .map_or(Signal::SIGTERM, |w| w.spec.stop_signal);
+                self.stop_worker(id, sig, StopReason::Abandoned, now, out);
+            }
+            self.target = up.from.clone();
+            self.failures = 0;
+            self.set_respawn_at_none();
+        }
+        self.last_upgrade = Some(UpgradeOutcome {
+            id: up.id,
+            version,
+            at: now,
+            result: result.clone(),
+        });
+        out.push(Action::Progress {
+            upgrade: up.id,
+            message,
+            outcome: Some(result),
+        });
+    }
+
+    fn alloc_index(&mut self) -> u32 {
+        if let Some(i) = self.free_indexes.pop_first() {
+            return i;
+        }
+        let i = self.next_index;
+        self.next_index += 1;
+        i
+    }
+
+    fn spawn_one(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let id = self.next_worker;
+        self.next_worker += 1;
+        let index = self.alloc_index();
+        let (version, spec) = self.target.clone();
+        // Until the pid is known the worker is in Spawning; a far deadline is not
+        // needed because `spawned` is called before the loop polls again.
+        self.workers.insert(
+            id,
+            Worker {
+                id,
+                pid: None,
+                index,
+                version,
+                spec: spec.clone(),
+                spawned_at: now,
+                state: WorkerState::Spawning,
+                acked_at: None,
+                signals: Vec::new(),
+                last_ping: None,
+            },
+        );
+        self.buckets
+            .entry(version)
+            .or_default()
+            .unacked
+            .insert((index, id));
+        out.push(Action::Spawn {
+            worker: id,
+            index,
+            version,
+            spec,
+        });
+    }
+
+    /// Remove a worker from every index; its slot index becomes free.
+    fn remove(&mut self, id: WorkerId) -> Option<Worker> {
+        let w = self.workers.remove(&id)?;
+        if let Some(pid) = w.pid {
+            self.by_pid.remove(&pid);
+        }
+        self.unbucket(&w);
+        match &w.state {
+            WorkerState::Unacked { deadline } => {
+                self.timers.remove(&(*deadline, TimerKey::Deadline(id)));
+            }
+            WorkerState::Draining { kill_at, .. } => {
+                self.draining -= 1;
+                if let Some(k) = kill_at {
+                    self.timers.remove(&(*k, TimerKey::Deadline(id)));
+                }
+            }
+            _ => {}
+        }
+        self.free_indexes.insert(w.index);
+        Some(w)
+    }
+
+    fn unbucket(&mut self, w: &Worker) {
+        if let Some(b) = self.buckets.get_mut(&w.version) {
+            b.unacked.remove(&(w.index, w.id));
+            b.acked.remove(&(w.index, w.id));
+            if b.len() == 0 {
+                self.buckets.remove(&w.version);
+            }
+        }
+    }
+
+    fn send(&mut self, id: WorkerId, pid: Pid, signal: Signal, out: &mut Vec<Action>) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.signals.push(signal);
+        }
+        out.push(Action::Signal { pid, signal });
+    }
+
+    /// Move a live worker to Draining and send it `signal`.
+    fn stop_worker(
+        &mut self,
+        id: WorkerId,
+        signal: Signal,
+        reason: StopReason,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(w) = self.workers.get(&id) else {
+            return;
+        };
+        if w.is_draining() {
+            return;
+        }
+        let w = w.clone();
+        self.unbucket(&w);
+        if let WorkerState::Unacked { deadline } = w.state {
+            self.timers.remove(&(deadline, TimerKey::Deadline(id)));
+        }
+        let kill_at = (signal != Signal::SIGKILL).then(|| now + w.spec.stop_timeout);
+        if let Some(k) = kill_at {
+            self.timers.insert((k, TimerKey::Deadline(id)));
+        }
+        self.draining += 1;
+        if let Some(wm) = self.workers.get_mut(&id) {
+            wm.state = WorkerState::Draining {
+                since: now,
+                kill_at,
+                reason,
+            };
+        }
+        if let Some(pid) = w.pid {
+            log::info!(
+                "pool {}: stopping worker pid {} with {} ({})",
+                self.name,
+                pid,
+                signal.as_str(),
+                reason.as_str()
+            );
+            self.send(id, pid, signal, out);
+            if let (Some(up), StopReason::Retired) = (&self.upgrade, reason) {
+                out.push(Action::Progress {
+                    upgrade: up.id,
+                    message: format!(
+                        "pool {}: retired pid {} (version {})",
+                        self.name, pid, w.version
+                    ),
+                    outcome: None,
+                });
+            }
+        }
+    }
+
+    /// Pick up to `n` workers to stop from the given version filter: unacked
+    /// first, highest index first, so indexes stay compact.
+    fn pick(&self, n: usize, version: impl Fn(u64) -> bool) -> Vec<WorkerId> {
+        let mut picked = Vec::new();
+        for acked in [false, true] {
+            for (v, b) in self.buckets.iter().rev() {
+                if !version(*v) {
+                    continue;
+                }
+                let set = if acked { &b.acked } else { &b.unacked };
+                for (_, id) in set.iter().rev() {
+                    if picked.len() == n {
+                        return picked;
+                    }
+                    picked.push(*id);
+                }
+            }
+        }
+        picked
+    }
+
+    fn spawn_allowed(&self, now: Instant) -> bool {
+        !self.gave_up && self.respawn_at.is_none_or(|t| t <= now)
+    }
+
+    fn spawn_n(&mut self, n: usize, now: Instant, out: &mut Vec<Action>) {
+        if n == 0 {
+            return;
+        }
+        if !self.spawn_allowed(now) {
+            return; // the Respawn timer wakes us up
+        }
+        self.set_respawn_at_none();
+        for _ in 0..n {
+            self.spawn_one(now, out);
+        }
+    }
+
+    /// Compare what runs with what is wanted, and act on the difference.
+    fn reconcile(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.shutdown.is_some() {
+            if self.workers.is_empty() && !self.stopped_reported {
+                self.stopped_reported = true;
+                log::info!("pool {}: stopped", self.name);
+                out.push(Action::Stopped);
+            }
+            return;
+        }
+        let count = self.count;
+        match self.upgrade.clone() {
+            None => {
+                let live: usize = self.buckets.values().map(Bucket::len).sum();
+                if live > count {
+                    for id in self.pick(live - count, |_| true) {
+                        let sig = self
+                            .workers
+                            .get(&id)
+                            .map_or(Signal::SIGTERM, |w| w.spec.stop_signal);
+                        self.stop_worker(id, sig, StopReason::ScaledDown, now, out);
+                    }
+                } else {
+                    self.spawn_n(count - live, now, out);
+                }
+            }
+            Some(up) => self.reconcile_upgrade(&up, now, out),
+        }
+    }
+
+    fn reconcile_upgrade(&mut self, up: &Upgrade, now: Instant, out: &mut Vec<Action>) {
+        let count = self.count;
+        let target = self.target.0;
+        let stop = |pool: &mut Pool, id: WorkerId, reason, out: &mut Vec<Action>| {
+            let sig = pool
+                .workers
+                .get(&id)
+                .map_or(Signal::SIGTERM, |w| w.spec.stop_signal);
+            pool.stop_worker(id, sig, reason, now, out);
+        };
+        // Old workers that never acked count for nothing: retire them now.
+        let old_unacked: Vec<WorkerId> = self
+            .buckets
+            .iter()
+            .filter(|(v, _)| **v != target)
+            .flat_map(|(_, b)| b.unacked.iter().map(|(_, id)| *id))
+            .collect();
+        for id in old_unacked {
+            stop(self, id, StopReason::Retired, out);
+        }
+        // More new workers than wanted (count lowered during the upgrade).
+        let new_total = self.buckets.get(&target).map_or(0, Bucket::len);
+        if new_total > count {
+            for id in self.pick(new_total - count, |v| v == target) {
+                stop(self, id, StopReason::ScaledDown, out);
+            }
+        }
+        let new_acked = self.buckets.get(&target).map_or(0, |b| b.acked.len());
+        let old_acked: usize = self
+            .buckets
+            .iter()
+            .filter(|(v, _)| **v != target)
+            .map(|(_, b)| b.acked.len())
+            .sum();
+        // Retire old acked workers only against acked new ones.
+        let retire = match up.strategy {
+            UpgradeStrategy::Smooth => (new_acked + old_acked).saturating_sub(count).min(old_acked),
+            UpgradeStrategy::Fleet if new_acked >= count => old_acked,
+            UpgradeStrategy::Fleet => 0,
+        };
+        if retire > 0 {
+            for id in self.pick(retire, |v| v != target) {
+                stop(self, id, StopReason::Retired, out);
+            }
+        }
+        let new_bucket = self.buckets.get(&target).cloned().unwrap_or_default();
+        let new_total = new_bucket.len();
+        let old_total: usize = self
+            .buckets
+            .iter()
+            .filter(|(v, _)| **v != target)
+            .map(|(_, b)| b.len())
+            .sum();
+        if old_total == 0 && new_bucket.acked.len() >= count {
+            if let Some(up) = self.upgrade.take() {
+                self.finish_upgrade(up, Ok(()), now, out);
+            }
+            return;
+        }
+        let need = count.saturating_sub(new_total);
+        let n = match up.strategy {
+            UpgradeStrategy::Fleet => need,
+            UpgradeStrategy::Smooth => {
+                let spec = &self.target.1;
+                let room_unacked = spec
+                    .max_unacked
+                    .max(1)
+                    .saturating_sub(new_bucket.unacked.len());
+                let room_surge = (count + spec.surge(count)).saturating_sub(new_total + old_total);
+                need.min(room_unacked).min(room_surge)
+            }
+        };
+        self.spawn_n(n, now, out);
+    }
+}
+
+/// `base × 1.5^(failures-1)`, capped at [`MAX_RESPAWN_DELAY`].
+pub fn backoff(base: Duration, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(64) as i32;
+    let secs = base.as_secs_f64() * 1.5f64.powi(exp);
+    Duration::from_secs_f64(secs.min(MAX_RESPAWN_DELAY.as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests;

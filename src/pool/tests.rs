@@ -1,0 +1,674 @@
+//! The pool state machine driven by a simulated OS: fake pids, recorded signals,
+//! synthetic time. Invariants are checked after every step.
+
+use super::*;
+use crate::config::PoolConfig;
+
+const S: Duration = Duration::from_secs(1);
+
+type Outcome = Option<Result<(), String>>;
+
+struct Sim {
+    pool: Pool,
+    now: Instant,
+    next_pid: Pid,
+    /// pid -> signals received
+    signals: BTreeMap<Pid, Vec<Signal>>,
+    progress: Vec<(UpgradeId, String, Outcome)>,
+    stopped: bool,
+    /// Pids whose next spawn attempts fail (exec error), counted down.
+    fail_spawns: usize,
+    /// Invariants for upgrades: minimum acked non-draining workers allowed.
+    acked_floor: usize,
+    max_new_unacked_seen: usize,
+    max_live_seen: usize,
+}
+
+fn spec(count: usize) -> PoolConfig {
+    let mut p = PoolConfig::new("web", vec!["./w".into()]);
+    p.count = count;
+    p.max_unacked = 2;
+    p.max_surge = Some(1);
+    p
+}
+
+impl Sim {
+    fn new(p: PoolConfig) -> Sim {
+        let mut s = Sim {
+            pool: Pool::new(Arc::new(p)),
+            now: Instant::now(),
+            next_pid: 1000,
+            signals: BTreeMap::new(),
+            progress: Vec::new(),
+            stopped: false,
+            fail_spawns: 0,
+            acked_floor: 0,
+            max_new_unacked_seen: 0,
+            max_live_seen: 0,
+        };
+        let a = s.pool.start(s.now);
+        s.apply(a);
+        s
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            match a {
+                Action::Spawn { worker, .. } => {
+                    let res = if self.fail_spawns > 0 {
+                        self.fail_spawns -= 1;
+                        Err("exec failed".to_string())
+                    } else {
+                        self.next_pid += 1;
+                        Ok(self.next_pid)
+                    };
+                    queue.extend(self.pool.spawned(worker, res, self.now));
+                }
+                Action::Signal { pid, signal } => {
+                    assert!(
+                        self.pool.worker_by_pid(pid).is_some(),
+                        "signal {signal} to pid {pid} that is not a live worker"
+                    );
+                    self.signals.entry(pid).or_default().push(signal);
+                }
+                Action::Progress {
+                    upgrade,
+                    message,
+                    outcome,
+                } => self.progress.push((upgrade, message, outcome)),
+                Action::Stopped => {
+                    assert!(!self.stopped, "Stopped reported twice");
+                    self.stopped = true;
+                }
+            }
+            self.check();
+        }
+        self.check();
+    }
+
+    fn check(&mut self) {
+        let p = &self.pool;
+        let live_nd: usize = p.buckets.values().map(Bucket::len).sum();
+        let draining = p.workers.values().filter(|w| w.is_draining()).count();
+        assert_eq!(draining, p.draining, "draining counter");
+        assert_eq!(live_nd + draining, p.workers.len(), "buckets cover workers");
+        let acked = p.workers.values().filter(|w| w.is_acked()).count();
+        assert_eq!(acked, p.acked(), "acked buckets");
+        // Indexes unique among live workers.
+        let mut idx: Vec<u32> = p.workers.values().map(|w| w.index).collect();
+        idx.sort_unstable();
+        let n = idx.len();
+        idx.dedup();
+        assert_eq!(idx.len(), n, "duplicate EINHORN_CHILD_INDEX");
+        if p.upgrade.is_some() {
+            assert!(
+                acked >= self.acked_floor,
+                "acked {acked} fell below {} during upgrade",
+                self.acked_floor
+            );
+            let new_unacked = p.buckets.get(&p.target.0).map_or(0, |b| b.unacked.len());
+            self.max_new_unacked_seen = self.max_new_unacked_seen.max(new_unacked);
+            self.max_live_seen = self.max_live_seen.max(live_nd);
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        let a = self.pool.tick(self.now);
+        self.apply(a);
+    }
+
+    /// Jump to the pool's next deadline (if any) and process it.
+    fn run_next_deadline(&mut self) -> bool {
+        match self.pool.next_deadline() {
+            Some(t) => {
+                self.now = self.now.max(t);
+                let a = self.pool.tick(self.now);
+                self.apply(a);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn pids(&self, f: impl Fn(&Worker) -> bool) -> Vec<Pid> {
+        let mut v: Vec<Pid> = self
+            .pool
+            .workers
+            .values()
+            .filter(|w| f(w))
+            .filter_map(|w| w.pid)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+    fn unacked(&self) -> Vec<Pid> {
+        self.pids(|w| matches!(w.state, WorkerState::Unacked { .. }))
+    }
+    fn acked_pids(&self) -> Vec<Pid> {
+        self.pids(Worker::is_acked)
+    }
+    fn draining_pids(&self) -> Vec<Pid> {
+        self.pids(Worker::is_draining)
+    }
+
+    fn ack(&mut self, pid: Pid) {
+        let a = match self.pool.ack(pid, self.now) {
+            Ok(a) => a,
+            Err(e) => panic!("ack {pid}: {e}"),
+        };
+        self.apply(a);
+    }
+    fn ack_all(&mut self) {
+        for pid in self.unacked() {
+            self.ack(pid);
+        }
+    }
+    fn exit(&mut self, pid: Pid) {
+        let a = self.pool.exited(pid, "exit status 0", self.now);
+        assert!(a.is_some(), "exit of unknown pid {pid}");
+        self.apply(a.unwrap_or_default());
+    }
+    /// Workers that were told to stop exit.
+    fn drain_exit(&mut self) {
+        for pid in self.draining_pids() {
+            self.exit(pid);
+        }
+    }
+    fn versions(&self) -> BTreeSet<u64> {
+        self.pool
+            .workers
+            .values()
+            .filter(|w| !w.is_draining())
+            .map(|w| w.version)
+            .collect()
+    }
+    fn final_outcome(&self, id: UpgradeId) -> Outcome {
+        self.progress
+            .iter()
+            .find(|(u, _, o)| *u == id && o.is_some())
+            .and_then(|(_, _, o)| o.clone())
+    }
+    fn upgrade(&mut self, strategy: UpgradeStrategy) -> UpgradeId {
+        self.acked_floor = self.pool.acked().min(self.pool.count());
+        self.max_new_unacked_seen = 0;
+        self.max_live_seen = 0;
+        match self.pool.upgrade(Some(strategy), None, self.now) {
+            Ok((id, a)) => {
+                self.apply(a);
+                id
+            }
+            Err(e) => panic!("upgrade: {e}"),
+        }
+    }
+}
+
+fn started(count: usize) -> Sim {
+    let mut s = Sim::new(spec(count));
+    s.ack_all();
+    s
+}
+
+#[test]
+fn start_spawns_count_workers_with_distinct_indexes() {
+    let s = Sim::new(spec(4));
+    assert_eq!(s.unacked().len(), 4);
+    let mut idx: Vec<u32> = s.pool.workers.values().map(|w| w.index).collect();
+    idx.sort_unstable();
+    assert_eq!(idx, vec![0, 1, 2, 3]);
+}
+
+#[test]
+fn timer_mode_acks_after_ack_timer() {
+    let mut s = Sim::new(spec(3));
+    s.advance(Duration::from_millis(999));
+    assert_eq!(s.pool.acked(), 0);
+    s.advance(Duration::from_millis(1));
+    assert_eq!(s.pool.acked(), 3);
+    assert!(s.pool.is_settled());
+    assert_eq!(s.pool.next_deadline(), None, "nothing left to wake up for");
+}
+
+#[test]
+fn manual_mode_kills_a_worker_that_never_acks_and_replaces_it() {
+    let mut p = spec(2);
+    p.ack = AckMode::Manual;
+    p.ack_timeout = 10 * S;
+    let mut s = Sim::new(p);
+    let pids = s.unacked();
+    s.ack(pids[0]);
+    s.advance(10 * S);
+    assert_eq!(s.signals.get(&pids[1]), Some(&vec![Signal::SIGKILL]));
+    assert_eq!(s.draining_pids(), vec![pids[1]]);
+    // Replaced at once (the ack timeout already bounds the rate) ...
+    let replacement = s.unacked();
+    assert_eq!(replacement.len(), 1);
+    assert_ne!(replacement[0], pids[1]);
+    // ... and its death is a failure that arms the backoff.
+    s.exit(pids[1]);
+    assert_eq!(s.pool.failures(), 1);
+    assert_eq!(s.pool.respawn_at(), Some(s.now + S));
+}
+
+#[test]
+fn crash_loop_backs_off_by_one_and_a_half_capped_at_30s() {
+    let mut s = Sim::new(spec(1));
+    let mut gaps = Vec::new();
+    for _ in 0..14 {
+        let pid = s.unacked()[0];
+        let t0 = s.now;
+        s.exit(pid);
+        assert!(s.unacked().is_empty(), "respawned without delay");
+        while s.unacked().is_empty() {
+            assert!(s.run_next_deadline(), "no respawn scheduled");
+        }
+        gaps.push(s.now - t0);
+    }
+    let expect: Vec<Duration> = (1..=14).map(|n| backoff(S, n)).collect();
+    assert_eq!(gaps, expect);
+    assert_eq!(gaps[0], S);
+    assert_eq!(gaps[1], Duration::from_millis(1500));
+    assert_eq!(*gaps.last().unwrap_or(&S), MAX_RESPAWN_DELAY);
+    // An ack resets the backoff.
+    let pid = s.unacked()[0];
+    s.ack(pid);
+    assert_eq!(s.pool.failures(), 0);
+}
+
+#[test]
+fn a_crash_after_ack_respawns_after_respawn_delay_without_counting_a_failure() {
+    let mut s = started(2);
+    let pid = s.acked_pids()[0];
+    s.exit(pid);
+    assert_eq!(s.pool.failures(), 0);
+    assert_eq!(s.pool.len(), 1);
+    s.advance(Duration::from_millis(999));
+    assert_eq!(s.pool.len(), 1);
+    s.advance(Duration::from_millis(1));
+    assert_eq!(s.pool.len(), 2);
+}
+
+#[test]
+fn retries_bound_respawns_then_an_operator_command_revives_the_pool() {
+    let mut p = spec(1);
+    p.retries = Some(2);
+    let mut s = Sim::new(p);
+    for _ in 0..3 {
+        let pid = s.unacked()[0];
+        s.exit(pid);
+        while s.unacked().is_empty() && s.run_next_deadline() {}
+    }
+    assert!(s.pool.gave_up());
+    assert!(s.pool.is_empty());
+    assert_eq!(s.pool.next_deadline(), None, "a pool that gave up sleeps");
+    let a = s.pool.set_count(1, s.now).unwrap_or_default();
+    s.apply(a);
+    assert_eq!(s.unacked().len(), 1);
+}
+
+#[test]
+fn spawn_errors_count_as_failures_and_back_off() {
+    let mut s = Sim {
+        fail_spawns: 3,
+        ..Sim::new(spec(0))
+    };
+    let a = s.pool.set_count(1, s.now).unwrap_or_default();
+    s.apply(a);
+    assert_eq!(s.pool.failures(), 1);
+    assert!(s.pool.is_empty());
+    s.advance(S);
+    assert_eq!(s.pool.failures(), 2);
+    s.advance(Duration::from_millis(1500));
+    assert_eq!(s.pool.failures(), 3);
+    s.advance(Duration::from_millis(2250));
+    assert_eq!(s.unacked().len(), 1);
+}
+
+#[test]
+fn scaling_down_stops_unacked_then_highest_indexes_and_frees_them() {
+    let mut s = started(4);
+    let a = s.pool.set_count(6, s.now).unwrap_or_default();
+    s.apply(a);
+    assert_eq!(s.unacked().len(), 2);
+    let a = s.pool.set_count(3, s.now).unwrap_or_default();
+    s.apply(a);
+    // The two unacked go first, then the acked one with the highest index.
+    assert_eq!(s.draining_pids().len(), 3);
+    let stopped_idx: BTreeSet<u32> = s
+        .pool
+        .workers
+        .values()
+        .filter(|w| w.is_draining())
+        .map(|w| w.index)
+        .collect();
+    assert_eq!(stopped_idx, [3, 4, 5].into_iter().collect());
+    for pid in s.draining_pids() {
+        assert_eq!(s.signals.get(&pid), Some(&vec![Signal::SIGUSR2]));
+    }
+    s.drain_exit();
+    let a = s.pool.set_count(4, s.now).unwrap_or_default();
+    s.apply(a);
+    let idx: BTreeSet<u32> = s.pool.workers.values().map(|w| w.index).collect();
+    assert_eq!(
+        idx,
+        [0, 1, 2, 3].into_iter().collect(),
+        "lowest free index reused"
+    );
+}
+
+#[test]
+fn a_worker_ignoring_its_stop_signal_gets_sigkill_after_stop_timeout() {
+    let mut p = spec(1);
+    p.stop_timeout = 5 * S;
+    let mut s = Sim::new(p);
+    s.ack_all();
+    let pid = s.acked_pids()[0];
+    let a = s.pool.shutdown(Shutdown::Graceful, s.now);
+    s.apply(a);
+    s.advance(Duration::from_millis(4999));
+    assert_eq!(s.signals[&pid], vec![Signal::SIGUSR2]);
+    s.advance(Duration::from_millis(1));
+    assert_eq!(s.signals[&pid], vec![Signal::SIGUSR2, Signal::SIGKILL]);
+    s.advance(60 * S);
+    assert_eq!(s.signals[&pid].len(), 2, "SIGKILL sent once");
+    assert!(!s.stopped);
+    s.exit(pid);
+    assert!(s.stopped);
+}
+
+#[test]
+fn shutdown_with_a_signal_sends_it_and_never_respawns() {
+    let mut s = started(3);
+    let a = s.pool.shutdown(Shutdown::With(Signal::SIGTERM), s.now);
+    s.apply(a);
+    for pid in s.draining_pids() {
+        assert_eq!(s.signals[&pid], vec![Signal::SIGTERM]);
+    }
+    let first = s.draining_pids()[0];
+    s.exit(first);
+    s.advance(10 * S);
+    assert_eq!(s.pool.len(), 2, "no respawn during shutdown");
+    assert!(matches!(
+        s.pool.set_count(5, s.now),
+        Err(PoolError::ShuttingDown { .. })
+    ));
+    assert!(s.pool.upgrade(None, None, s.now).is_err());
+    s.drain_exit();
+    assert!(s.stopped);
+}
+
+#[test]
+fn unknown_pids_are_not_workers() {
+    let mut s = started(1);
+    assert!(s.pool.exited(4242, "x", s.now).is_none());
+    assert_eq!(
+        s.pool.ack(4242, s.now),
+        Err(PoolError::NotAWorker {
+            pool: "web".into(),
+            pid: 4242
+        })
+    );
+    assert!(s.pool.ping(4242, None, s.now).is_err());
+    let pid = s.acked_pids()[0];
+    assert!(s.pool.ping(pid, Some("r1".into()), s.now).is_ok());
+    assert_eq!(
+        s.pool.worker_by_pid(pid).and_then(|w| w.last_ping.clone()),
+        Some((s.now, Some("r1".into())))
+    );
+}
+
+/// Drive an upgrade to its end with well-behaved new workers (ack in a chosen
+/// order) and old workers that exit when told; return the outcome.
+fn run_upgrade(s: &mut Sim, id: UpgradeId, ack_newest_first: bool) -> Result<(), String> {
+    for _ in 0..10_000 {
+        if let Some(o) = s.final_outcome(id) {
+            return o;
+        }
+        let mut un = s.unacked();
+        if ack_newest_first {
+            un.reverse();
+        }
+        if let Some(pid) = un.first() {
+            s.ack(*pid);
+        } else if let Some(pid) = s.draining_pids().first() {
+            s.exit(*pid);
+        } else if !s.run_next_deadline() {
+            panic!("upgrade stuck: {:?}", s.pool);
+        }
+    }
+    panic!("upgrade did not finish");
+}
+
+#[test]
+fn smooth_upgrade_bounds_hold_at_every_step_for_every_shape() {
+    for count in 0..=6usize {
+        for max_unacked in 1..=3usize {
+            for surge in 1..=3usize {
+                for order in [false, true] {
+                    let mut p = spec(count);
+                    p.max_unacked = max_unacked;
+                    p.max_surge = Some(surge);
+                    let mut s = Sim::new(p);
+                    s.ack_all();
+                    let old: BTreeSet<Pid> = s.acked_pids().into_iter().collect();
+                    let id = s.upgrade(UpgradeStrategy::Smooth);
+                    assert_eq!(run_upgrade(&mut s, id, order), Ok(()));
+                    let ctx = format!("count {count} max_unacked {max_unacked} surge {surge}");
+                    assert!(
+                        s.max_new_unacked_seen <= max_unacked,
+                        "{ctx}: unacked bound"
+                    );
+                    assert!(s.max_live_seen <= count + surge, "{ctx}: surge bound");
+                    s.drain_exit();
+                    assert_eq!(s.pool.acked(), count, "{ctx}");
+                    assert_eq!(s.versions().len(), usize::from(count > 0), "{ctx}");
+                    assert!(
+                        s.acked_pids().iter().all(|p| !old.contains(p)),
+                        "{ctx}: all new"
+                    );
+                    assert!(s.pool.upgrading().is_none());
+                    assert_eq!(
+                        s.pool.last_upgrade().map(|o| o.result.clone()),
+                        Some(Ok(()))
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn smooth_upgrade_retires_one_old_worker_per_new_ack() {
+    let mut s = started(4);
+    let old = s.acked_pids();
+    let id = s.upgrade(UpgradeStrategy::Smooth);
+    // max_unacked 2, surge 1: one new worker at a time.
+    assert_eq!(s.unacked().len(), 1);
+    assert!(
+        s.draining_pids().is_empty(),
+        "nothing retired before an ack"
+    );
+    let n1 = s.unacked()[0];
+    s.ack(n1);
+    assert_eq!(s.draining_pids().len(), 1);
+    assert!(old.contains(&s.draining_pids()[0]));
+    let msgs: Vec<&str> = s.progress.iter().map(|(_, m, _)| m.as_str()).collect();
+    assert!(
+        msgs.iter().any(|m| m.contains("1/4 new workers acked")),
+        "{msgs:?}"
+    );
+    assert!(msgs.iter().any(|m| m.contains("retired pid")), "{msgs:?}");
+    assert_eq!(run_upgrade(&mut s, id, false), Ok(()));
+    let last = s
+        .progress
+        .last()
+        .map(|(_, m, _)| m.clone())
+        .unwrap_or_default();
+    assert!(last.contains("upgrade done"), "{last}");
+}
+
+#[test]
+fn fleet_upgrade_starts_all_and_retires_old_only_when_all_new_acked() {
+    let mut s = started(4);
+    let old = s.acked_pids();
+    let id = s.upgrade(UpgradeStrategy::Fleet);
+    let new = s.unacked();
+    assert_eq!(new.len(), 4);
+    for pid in &new[..3] {
+        s.ack(*pid);
+        assert!(s.draining_pids().is_empty(), "fleet retired early");
+    }
+    s.ack(new[3]);
+    assert_eq!(s.draining_pids(), old);
+    assert_eq!(s.final_outcome(id), Some(Ok(())));
+}
+
+#[test]
+fn a_crashing_new_version_is_abandoned_after_retries_and_old_workers_keep_serving() {
+    let mut p = spec(4);
+    p.retries = Some(3);
+    let mut s = Sim::new(p);
+    s.ack_all();
+    let old = s.acked_pids();
+    let id = s.upgrade(UpgradeStrategy::Smooth);
+    let mut crashes = 0;
+    while s.final_outcome(id).is_none() {
+        if let Some(pid) = s.unacked().first() {
+            s.exit(*pid);
+            crashes += 1;
+        } else {
+            assert!(s.run_next_deadline(), "stuck");
+        }
+    }
+    assert_eq!(crashes, 3);
+    let Some(Err(why)) = s.final_outcome(id) else {
+        panic!("expected failure")
+    };
+    assert!(why.contains("failed 3 time"), "{why}");
+    assert_eq!(s.acked_pids(), old, "old workers untouched");
+    assert!(s.draining_pids().is_empty());
+    assert_eq!(s.pool.version(), 1, "back to the old version");
+    assert!(s.pool.last_upgrade().is_some_and(|o| o.result.is_err()));
+    // Steady state again: nothing spawns, nothing is due but nothing.
+    assert!(s.unacked().is_empty());
+}
+
+#[test]
+fn ack_timeout_of_new_workers_abandons_the_upgrade() {
+    let mut p = spec(2);
+    p.ack = AckMode::Manual;
+    p.ack_timeout = 5 * S;
+    p.retries = Some(2);
+    let mut s = Sim::new(p);
+    s.ack_all();
+    let old = s.acked_pids();
+    let id = s.upgrade(UpgradeStrategy::Smooth);
+    while s.final_outcome(id).is_none() {
+        if let Some(pid) = s.draining_pids().first() {
+            assert_eq!(s.signals[pid], vec![Signal::SIGKILL]);
+            s.exit(*pid);
+        } else {
+            assert!(s.run_next_deadline(), "stuck");
+        }
+    }
+    assert!(matches!(s.final_outcome(id), Some(Err(_))));
+    assert_eq!(s.acked_pids(), old);
+}
+
+#[test]
+fn an_upgrade_during_an_upgrade_supersedes_it_and_ends_on_one_version() {
+    let mut s = started(4);
+    let first = s.upgrade(UpgradeStrategy::Smooth);
+    let n1 = s.unacked()[0];
+    s.ack(n1); // one v2 acked, one v1 retired
+    s.drain_exit();
+    let second = s.upgrade(UpgradeStrategy::Smooth);
+    assert!(matches!(s.final_outcome(first), Some(Err(ref m)) if m.contains("superseded")));
+    assert_eq!(run_upgrade(&mut s, second, false), Ok(()));
+    s.drain_exit();
+    assert_eq!(s.versions(), [3].into_iter().collect());
+    assert_eq!(s.pool.acked(), 4);
+}
+
+#[test]
+fn superseding_a_failing_upgrade_falls_back_to_the_original_version() {
+    let mut p = spec(2);
+    p.retries = Some(1);
+    let mut s = Sim::new(p);
+    s.ack_all();
+    s.upgrade(UpgradeStrategy::Smooth);
+    let id = s.upgrade(UpgradeStrategy::Smooth);
+    let pid = s.unacked()[0];
+    s.exit(pid);
+    assert!(matches!(s.final_outcome(id), Some(Err(_))));
+    assert_eq!(s.pool.version(), 1);
+}
+
+#[test]
+fn scale_changes_during_an_upgrade_are_honoured() {
+    let mut s = started(4);
+    let id = s.upgrade(UpgradeStrategy::Smooth);
+    let a = s.pool.set_count(2, s.now).unwrap_or_default();
+    s.acked_floor = 2;
+    s.apply(a);
+    assert_eq!(run_upgrade(&mut s, id, false), Ok(()));
+    s.drain_exit();
+    assert_eq!(s.pool.acked(), 2);
+    let mut s = started(2);
+    let id = s.upgrade(UpgradeStrategy::Smooth);
+    let a = s.pool.set_count(5, s.now).unwrap_or_default();
+    s.apply(a);
+    assert_eq!(run_upgrade(&mut s, id, true), Ok(()));
+    s.drain_exit();
+    assert_eq!(s.pool.acked(), 5);
+    assert_eq!(s.versions().len(), 1);
+}
+
+#[test]
+fn shutdown_during_an_upgrade_ends_it_and_stops_everyone() {
+    let mut s = started(3);
+    let id = s.upgrade(UpgradeStrategy::Fleet);
+    let a = s.pool.shutdown(Shutdown::Graceful, s.now);
+    s.apply(a);
+    assert!(matches!(s.final_outcome(id), Some(Err(ref m)) if m.contains("shutdown")));
+    assert_eq!(s.draining_pids().len(), 6);
+    s.drain_exit();
+    assert!(s.stopped);
+    assert_eq!(s.pool.next_deadline(), None);
+}
+
+#[test]
+fn old_version_dying_during_an_upgrade_is_replaced_by_a_new_one() {
+    let mut s = started(3);
+    let id = s.upgrade(UpgradeStrategy::Smooth);
+    let old = s.acked_pids()[0];
+    s.acked_floor = 0;
+    s.exit(old);
+    assert_eq!(run_upgrade(&mut s, id, false), Ok(()));
+    s.drain_exit();
+    assert_eq!(s.pool.acked(), 3);
+}
+
+#[test]
+fn a_thousand_workers_start_and_upgrade() {
+    let mut p = spec(1000);
+    p.max_unacked = 8;
+    p.max_surge = Some(8);
+    let mut s = Sim::new(p);
+    assert_eq!(s.unacked().len(), 1000);
+    s.ack_all();
+    let id = s.upgrade(UpgradeStrategy::Smooth);
+    assert_eq!(run_upgrade(&mut s, id, false), Ok(()));
+    assert!(s.max_new_unacked_seen <= 8);
+}
+
+#[test]
+fn backoff_grows_by_half_and_caps() {
+    assert_eq!(backoff(S, 0), S);
+    assert_eq!(backoff(S, 1), S);
+    assert_eq!(backoff(S, 2), Duration::from_millis(1500));
+    assert_eq!(backoff(S, 3), Duration::from_millis(2250));
+    assert_eq!(backoff(S, 100), MAX_RESPAWN_DELAY);
+    assert_eq!(backoff(Duration::ZERO, 5), Duration::ZERO);
+}
