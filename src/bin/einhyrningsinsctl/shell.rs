@@ -17,7 +17,7 @@ use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
-use rustyline::{Context, Editor, Helper};
+use rustyline::{CompletionType, Config, Context, Editor, Helper};
 
 use crate::conn::{Conn, CtlError, Outcome, Request, EXIT_FAILURE};
 use crate::{words, Settings};
@@ -77,7 +77,12 @@ pub fn run(settings: &Settings, pool: Option<String>) -> u8 {
 }
 
 fn interactive(session: &mut Session<'_>) -> u8 {
-    let mut rl = match Editor::<CtlHelper, DefaultHistory>::new() {
+    // Bash-like completion (common prefix, then a list) rather than cycling:
+    // what an operator's fingers expect from a shell.
+    let config = Config::builder()
+        .completion_type(CompletionType::List)
+        .build();
+    let mut rl = match Editor::<CtlHelper, DefaultHistory>::with_config(config) {
         Ok(rl) => rl,
         Err(e) => {
             eprintln!("einhyrningsinsctl: cannot set up the terminal: {e}");
@@ -212,7 +217,7 @@ impl Session<'_> {
         let pool = pool.or_else(|| self.pool.clone());
         let code = self.send(&command, &args, pool.as_deref());
         if command == "help" && self.interactive {
-            println!("{SHELL_HELP}");
+            say(SHELL_HELP);
         }
         Step::Done(code)
     }
@@ -221,8 +226,8 @@ impl Session<'_> {
         match args {
             [] => {
                 match &self.pool {
-                    Some(p) => println!("default pool: {p}"),
-                    None => println!("no default pool (commands go to the master's only pool)"),
+                    Some(p) => say(&format!("default pool: {p}")),
+                    None => say("no default pool (commands go to the master's only pool)"),
                 }
                 0
             }
@@ -317,6 +322,13 @@ impl Session<'_> {
         self.next_id += 1;
         id
     }
+}
+
+/// Prints a shell-local line; a closed stdout is no reason to panic (the
+/// commands' own output reports it).
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(io::stdout().lock(), "{text}");
 }
 
 /// Removes `--pool NAME`, `--pool=NAME`, `-p NAME` from a line's arguments.
