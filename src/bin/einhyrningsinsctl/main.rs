@@ -1,0 +1,232 @@
+//! `einhyrningsinsctl`: the operator's control client for an einhyrningsins master.
+//!
+//! One command per run (`-e CMD ARGS...` or plain words) for scripts and
+//! deploy tooling, with exit statuses that tell "the master said no" from
+//! "there is no master" from "the master did not finish in time"; or, without a
+//! command, an interactive shell in the spirit of einhornsh. The wire protocol is
+//! JSON lines on the master's unix control socket (BRIEF §3).
+
+mod conn;
+mod shell;
+mod words;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use conn::{Conn, CtlError, Outcome, Reply, Request, EXIT_FAILURE};
+
+/// Commands that may legitimately run for minutes (rolling a fleet through
+/// slow acks), so they get no default deadline.
+const LONG_COMMANDS: &[&str] = &["upgrade", "upgrade_fleet", "reload"];
+
+/// Default deadline for the final reply of every other command.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+const AFTER_HELP: &str = "\
+EXAMPLES:
+    einhyrningsinsctl status
+        Print the master's table of pools, workers, pids and ack states.
+    einhyrningsinsctl -e inc --pool web
+        One more worker in pool `web`.
+    einhyrningsinsctl set_workers 4 --pool web
+        The same command given as plain words.
+    einhyrningsinsctl -d /run/app/einhorn.sock upgrade
+        Rolling upgrade; progress lines are printed as the master sends them.
+    einhyrningsinsctl --timeout 10m upgrade_fleet --pool api
+        Give up (exit 4) if the fleet upgrade has not finished in 10 minutes.
+    einhyrningsinsctl -- signal -USR1
+        `--` ends the options, so an argument may start with a dash.
+    einhyrningsinsctl
+        Interactive shell (history, tab completion of command names).
+    printf 'pool web\\ninc\\nstatus\\n' | einhyrningsinsctl
+        Script mode: commands read from stdin, one per line, no prompts.
+
+COMMANDS (sent to the master):
+    ehlo, help, state, status, inc, dec, set_workers N, upgrade, upgrade_fleet,
+    signal SIG..., die [SIG], reload, version, louder, quieter
+
+SHELL COMMANDS (handled by the shell itself):
+    pool NAME    send later commands to pool NAME (`pool -` clears, `pool` shows)
+    quit, exit   leave (so does Ctrl-D)
+    Words are split like a shell: quotes and backslashes are honoured and `#`
+    starts a comment. `--pool NAME` inside a line applies to that line only.
+
+EXIT STATUS:
+    0   the master answered and reported success
+    1   the master answered with an error reply, went away mid-command, or sent
+        a reply that is not a JSON line (or one longer than 16 MiB)
+    2   usage error
+    3   no master answers at the socket path (connection refused, no such file,
+        permission denied)
+    4   no final reply within --timeout
+    In script mode the status is that of the first command that failed.
+
+ENVIRONMENT:
+    EINHORN_SOCK_PATH   control socket path when -d is not given (every worker of
+                        a master has it set to that master's socket)
+    HOME                where the shell keeps its history
+    USER, LOGNAME       the user name announced to the master with `ehlo`
+
+FILES:
+    /tmp/einhorn.sock                   default control socket
+    $HOME/.einhyrningsinsctl_history    shell history (skipped if not writable)";
+
+/// Control client for an einhyrningsins (einhorn-compatible) socket master.
+#[derive(Debug, Parser)]
+#[command(
+    name = "einhyrningsinsctl",
+    version,
+    override_usage = "einhyrningsinsctl [OPTIONS] -e CMD [ARGS]...\n       \
+        einhyrningsinsctl [OPTIONS] CMD [ARGS]...\n       \
+        einhyrningsinsctl [OPTIONS]    (shell; script mode when stdin is not a terminal)",
+    long_about = "Control client for an einhyrningsins socket master.\n\n\
+        Sends one command to the master's control socket and prints its reply \
+        (streamed progress lines as they arrive, e.g. during `upgrade`), or, \
+        without a command, opens an interactive shell. When standard input is \
+        not a terminal, the shell reads commands from it line by line (script \
+        mode). The protocol is one JSON object per line on a unix socket, \
+        compatible with einhorn's.",
+    after_long_help = AFTER_HELP
+)]
+struct Cli {
+    /// Control socket of the master [default: $EINHORN_SOCK_PATH, else /tmp/einhorn.sock]
+    #[arg(short = 'd', long = "socket-path", value_name = "PATH")]
+    socket_path: Option<PathBuf>,
+
+    /// Pool the command applies to (needed by count-changing commands when the
+    /// master runs several pools); in the shell, the initial default pool
+    #[arg(short = 'p', long, value_name = "NAME")]
+    pool: Option<String>,
+
+    /// Print each reply as the raw JSON line the master sent, instead of its message
+    #[arg(long)]
+    json: bool,
+
+    /// Give up waiting for the final reply after DUR ("30s", "500ms", "10m", or
+    /// seconds); 0 waits forever. Default: none for upgrade, upgrade_fleet and
+    /// reload, 30s otherwise
+    #[arg(long, value_name = "DUR", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
+
+    /// Command to send; the remaining words are its arguments
+    #[arg(short = 'e', long = "execute", value_name = "CMD")]
+    execute: Option<String>,
+
+    /// Command and arguments as plain words (or only arguments, after -e)
+    #[arg(value_name = "WORDS", allow_negative_numbers = true)]
+    words: Vec<String>,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s == "none" {
+        return Ok(Duration::ZERO);
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|e| format!("`{s}` is not a duration in seconds: {e}"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 30s, 500ms or 10m: {e}"))
+}
+
+/// What every mode needs to talk to the master.
+pub struct Settings {
+    pub path: PathBuf,
+    pub json: bool,
+    pub timeout_flag: Option<Duration>,
+}
+
+impl Settings {
+    /// Deadline for the final reply to `command`: the flag (0 = none), else
+    /// none for long-running commands, else the default.
+    pub fn timeout_for(&self, command: &str) -> Option<Duration> {
+        match self.timeout_flag {
+            Some(t) if t.is_zero() => None,
+            Some(t) => Some(t),
+            None if LONG_COMMANDS.contains(&command) => None,
+            None => Some(DEFAULT_TIMEOUT),
+        }
+    }
+
+    /// Prints one reply: the raw line with `--json`, else its message (error
+    /// replies on stderr so scripts can keep them apart from output).
+    pub fn print(&self, reply: &Reply) -> io::Result<()> {
+        if self.json {
+            return writeln!(io::stdout().lock(), "{}", reply.raw);
+        }
+        let text = match &reply.message {
+            Some(m) => m.as_str(),
+            None => reply.raw.as_str(),
+        };
+        if text.is_empty() {
+            return Ok(());
+        }
+        let newline = if text.ends_with('\n') { "" } else { "\n" };
+        if reply.error {
+            write!(io::stderr().lock(), "{text}{newline}")
+        } else {
+            let mut out = io::stdout().lock();
+            write!(out, "{text}{newline}")?;
+            out.flush()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = Settings {
+        path: conn::socket_path(cli.socket_path),
+        json: cli.json,
+        timeout_flag: cli.timeout,
+    };
+    let mut words = cli.words;
+    let command = match cli.execute {
+        Some(cmd) => Some(cmd),
+        None if words.is_empty() => None,
+        None => Some(words.remove(0)),
+    };
+    match command {
+        Some(cmd) if cmd.trim().is_empty() => {
+            eprintln!("einhyrningsinsctl: the command is empty (try --help)");
+            ExitCode::from(2)
+        }
+        Some(cmd) => ExitCode::from(one_shot(&settings, &cmd, &words, cli.pool.as_deref())),
+        None => ExitCode::from(shell::run(&settings, cli.pool)),
+    }
+}
+
+/// Sends one command and returns the exit status.
+fn one_shot(settings: &Settings, command: &str, args: &[String], pool: Option<&str>) -> u8 {
+    let result = Conn::connect(&settings.path).and_then(|mut conn| {
+        let req = Request {
+            command,
+            args,
+            id: 1,
+            pool,
+            user: None,
+        };
+        conn.request(&req, settings.timeout_for(command), &mut |r| {
+            settings.print(r)
+        })
+    });
+    match result {
+        Ok(Outcome::Ok) => 0,
+        Ok(Outcome::ErrorReply) => EXIT_FAILURE,
+        Err(e) => report(&e),
+    }
+}
+
+/// Prints `e` for the operator (unless only our own stdout is gone, where
+/// nobody would read it) and returns its exit status.
+pub fn report(e: &CtlError) -> u8 {
+    match e {
+        CtlError::Stdout(io_err) if io_err.kind() == io::ErrorKind::BrokenPipe => {}
+        _ => eprintln!("einhyrningsinsctl: {e}"),
+    }
+    e.exit_code()
+}
