@@ -1,1 +1,75 @@
-//! log
+//! Logging: fern to stderr with timestamps and levels; WARN and above also to
+//! syslog when asked. The level can change at run time (`louder`/`quieter`,
+//! reload): fern passes everything and `log::set_max_level` does the filtering.
+
+use std::time::SystemTime;
+
+use log::LevelFilter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("could not set up logging: {0}")]
+    Init(#[from] log::SetLoggerError),
+}
+
+/// Install the global logger. Syslog problems are reported and skipped, never fatal.
+pub fn init(level: LevelFilter, syslog: bool, process_name: &str) -> Result<(), LogError> {
+    let stderr = fern::Dispatch::new()
+        .format(|out, message, record| {
+            out.finish(format_args!(
+                "{} {:<5} {}",
+                humantime::format_rfc3339_millis(SystemTime::now()),
+                record.level(),
+                message
+            ))
+        })
+        .chain(std::io::stderr());
+    let mut root = fern::Dispatch::new().level(LevelFilter::Trace).chain(stderr);
+    let mut syslog_err = None;
+    if syslog {
+        let formatter = syslog::Formatter3164 {
+            facility: syslog::Facility::LOG_DAEMON,
+            hostname: None,
+            process: process_name.to_string(),
+            pid: std::process::id(),
+        };
+        match syslog::unix(formatter) {
+            Ok(logger) => {
+                root = root.chain(
+                    fern::Dispatch::new()
+                        .level(LevelFilter::Warn)
+                        .chain(logger),
+                );
+            }
+            Err(e) => syslog_err = Some(e),
+        }
+    }
+    root.apply()?;
+    log::set_max_level(level);
+    if let Some(e) = syslog_err {
+        log::warn!("syslog unavailable, logging to stderr only: {e}");
+    }
+    Ok(())
+}
+
+const LEVELS: [LevelFilter; 6] = [
+    LevelFilter::Off,
+    LevelFilter::Error,
+    LevelFilter::Warn,
+    LevelFilter::Info,
+    LevelFilter::Debug,
+    LevelFilter::Trace,
+];
+
+/// One step more (`louder`) or less verbose; returns the new level.
+pub fn step(louder: bool) -> LevelFilter {
+    let cur = log::max_level();
+    let i = LEVELS.iter().position(|l| *l == cur).unwrap_or(3);
+    let j = if louder {
+        (i + 1).min(LEVELS.len() - 1)
+    } else {
+        i.saturating_sub(1).max(1)
+    };
+    log::set_max_level(LEVELS[j]);
+    LEVELS[j]
+}
