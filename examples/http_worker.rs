@@ -34,6 +34,17 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGQUIT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
+/// One log line on stderr in a single write(2): stderr is unbuffered and
+/// `eprintln!` may write a line in pieces, which interleave when a pool of
+/// workers shares the master's stderr.
+macro_rules! log {
+    ($($arg:tt)*) => {{
+        let mut line = format!($($arg)*);
+        line.push('\n');
+        let _ = io::stderr().write_all(line.as_bytes());
+    }};
+}
+
 const SIGNALS: Token = Token(0);
 /// Listener n has token `LISTENER_BASE + n`; connection slot i has `CONN_BASE + i`.
 const LISTENER_BASE: usize = 1;
@@ -488,7 +499,7 @@ impl Worker {
                 Err(e) => {
                     // EMFILE and friends: the connection stays in the backlog for
                     // another worker, or for us at the next readiness edge.
-                    eprintln!("http_worker pid={} accept failed: {e}", self.pid);
+                    log!("http_worker pid={} accept failed: {e}", self.pid);
                     return;
                 }
             }
@@ -523,7 +534,7 @@ impl Worker {
             .registry()
             .register(conn.stream.source(), token, interest)
         {
-            eprintln!(
+            log!(
                 "http_worker pid={} cannot register connection: {e}",
                 self.pid
             );
@@ -572,6 +583,14 @@ impl Worker {
             if conn.fill().is_err() {
                 return Next::Close;
             }
+            // Blank lines before a request line are to be ignored (RFC 9112 §2.2);
+            // some clients send a stray CRLF after a body.
+            let blank = conn
+                .rbuf
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            conn.rbuf.drain(..blank);
             if conn.rbuf.is_empty() && (conn.peer_eof || self.draining) {
                 // Idle: the client hung up, or we are draining and nothing is in flight.
                 return Next::Close;
@@ -701,9 +720,10 @@ impl Worker {
                 // lives on in the master and the other workers.
             }
         }
-        eprintln!(
+        log!(
             "http_worker pid={} stopping on {signal}: listeners closed, {} connection(s) open",
-            self.pid, self.live
+            self.pid,
+            self.live
         );
         // Driving every connection once in draining mode closes the idle ones (a
         // last read first, so a request already in the socket is served, not
@@ -809,14 +829,14 @@ fn main() {
     let opts = match parse_args() {
         Ok(opts) => opts,
         Err(e) => {
-            eprintln!("http_worker: {e}\n{USAGE}");
+            log!("http_worker: {e}\n{USAGE}");
             std::process::exit(2);
         }
     };
     match run(opts, pid, fds_at_start) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("http_worker pid={pid}: {e}");
+            log!("http_worker pid={pid}: {e}");
             std::process::exit(2);
         }
     }
@@ -871,7 +891,7 @@ fn run(opts: Options, pid: u32, fds_at_start: String) -> Result<i32, String> {
         (AckTo::Nowhere, true) => "none".to_string(),
     };
     let encoding = if opts.ack_yaml { "yaml" } else { "json" };
-    eprintln!("http_worker pid={pid} fds={fds:?} ack={ack_desc} ({encoding}) index={index}");
+    log!("http_worker pid={pid} fds={fds:?} ack={ack_desc} ({encoding}) index={index}");
     let mut ack_at =
         (opts.ack && !matches!(ack_to, AckTo::Nowhere)).then(|| started + opts.ack_delay);
     let exit_at = opts.exit_after.map(|d| started + d);
@@ -882,11 +902,11 @@ fn run(opts: Options, pid: u32, fds_at_start: String) -> Result<i32, String> {
         if ack_at.is_some_and(|at| at <= now) {
             ack_at = None;
             if let Err(e) = send_ack(&ack_to, pid, opts.ack_yaml) {
-                eprintln!("http_worker pid={pid} ack failed (carrying on): {e}");
+                log!("http_worker pid={pid} ack failed (carrying on): {e}");
             }
         }
         if exit_at.is_some_and(|at| at <= now) {
-            eprintln!(
+            log!(
                 "http_worker pid={pid} exiting with {} (--exit-after-ms)",
                 opts.exit_code
             );
@@ -894,7 +914,7 @@ fn run(opts: Options, pid: u32, fds_at_start: String) -> Result<i32, String> {
         }
         w.fire_timers(now);
         if w.draining && w.live == 0 {
-            eprintln!("http_worker pid={pid} drained, exiting 0");
+            log!("http_worker pid={pid} drained, exiting 0");
             return Ok(0);
         }
         let deadline = [
@@ -929,11 +949,11 @@ fn run(opts: Options, pid: u32, fds_at_start: String) -> Result<i32, String> {
                             _ => "SIGQUIT",
                         };
                         if sig == SIGQUIT {
-                            eprintln!("http_worker pid={pid} SIGQUIT: exiting at once");
+                            log!("http_worker pid={pid} SIGQUIT: exiting at once");
                             return Ok(0);
                         }
                         if opts.ignore_stop {
-                            eprintln!(
+                            log!(
                                 "http_worker pid={pid} ignoring stop signal {name} (--ignore-stop)"
                             );
                         } else {
