@@ -24,7 +24,9 @@ pub fn init(level: LevelFilter, syslog: bool, process_name: &str) -> Result<(), 
             ))
         })
         .chain(std::io::stderr());
-    let mut root = fern::Dispatch::new().level(LevelFilter::Trace).chain(stderr);
+    let mut root = fern::Dispatch::new()
+        .level(LevelFilter::Trace)
+        .chain(stderr);
     let mut syslog_err = None;
     if syslog {
         let formatter = syslog::Formatter3164 {
@@ -35,11 +37,7 @@ pub fn init(level: LevelFilter, syslog: bool, process_name: &str) -> Result<(), 
         };
         match syslog::unix(formatter) {
             Ok(logger) => {
-                root = root.chain(
-                    fern::Dispatch::new()
-                        .level(LevelFilter::Warn)
-                        .chain(logger),
-                );
+                root = root.chain(fern::Dispatch::new().level(LevelFilter::Warn).chain(logger));
             }
             Err(e) => syslog_err = Some(e),
         }

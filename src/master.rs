@@ -134,11 +134,12 @@ impl Master {
         for (name, spec) in &config.pools {
             let mut sockets = Vec::new();
             for (i, b) in spec.binds.iter().enumerate() {
-                let sock = bind::bind(b, bind::DEFAULT_BACKLOG).map_err(|source| MasterError::Bind {
-                    pool: name.clone(),
-                    location: config.locate(&format!("pools.{name}.binds[{i}]")),
-                    source,
-                })?;
+                let sock =
+                    bind::bind(b, bind::DEFAULT_BACKLOG).map_err(|source| MasterError::Bind {
+                        pool: name.clone(),
+                        location: config.locate(&format!("pools.{name}.binds[{i}]")),
+                        source,
+                    })?;
                 log::info!("pool {name}: listening on {}", sock.local_addr());
                 sockets.push(sock);
             }
@@ -205,7 +206,11 @@ impl Master {
     pub fn bound_addresses(&self) -> Vec<(String, String)> {
         self.pools
             .iter()
-            .flat_map(|(n, e)| e.sockets.iter().map(|s| (n.clone(), s.local_addr().to_string())))
+            .flat_map(|(n, e)| {
+                e.sockets
+                    .iter()
+                    .map(|s| (n.clone(), s.local_addr().to_string()))
+            })
             .collect()
     }
 
@@ -288,7 +293,9 @@ impl Master {
                 sigs::SIGCHLD => self.reap(),
                 sigs::SIGHUP => {
                     log::info!("SIGHUP: smooth upgrade of every pool");
-                    self.start_upgrade(None, None, None);
+                    if let Err(e) = self.start_upgrade(None, None, None) {
+                        log::warn!("SIGHUP: {e}");
+                    }
                 }
                 sigs::SIGINT | sigs::SIGUSR2 => {
                     self.stop_requests += 1;
@@ -399,7 +406,12 @@ impl Master {
         self.dirty.insert(name.to_string());
     }
 
-    fn spawn(&mut self, name: &str, index: u32, spec: &crate::config::PoolConfig) -> Result<Pid, String> {
+    fn spawn(
+        &mut self,
+        name: &str,
+        index: u32,
+        spec: &crate::config::PoolConfig,
+    ) -> Result<Pid, String> {
         let fds: Vec<RawFd> = self
             .pools
             .get(name)
@@ -463,7 +475,10 @@ impl Master {
                 let reply = if w.failures.is_empty() {
                     Reply::new("Upgrade done", w.request_id)
                 } else {
-                    Reply::failure(format!("Upgrade failed: {}", w.failures.join("; ")), w.request_id)
+                    Reply::failure(
+                        format!("Upgrade failed: {}", w.failures.join("; ")),
+                        w.request_id,
+                    )
                 };
                 let bytes = codec::encode(&reply, w.encoding);
                 self.control.write(self.poll.registry(), w.conn, &bytes);
@@ -505,7 +520,9 @@ impl Master {
         }
         let now = Instant::now();
         for name in &names {
-            let Some(e) = self.pools.get_mut(name) else { continue };
+            let Some(e) = self.pools.get_mut(name) else {
+                continue;
+            };
             match e.pool.upgrade(strategy, None, now) {
                 Ok((id, actions)) => {
                     if waiter.is_some() {
@@ -524,7 +541,8 @@ impl Master {
                 // Every upgrade finished at once (count 0, say) or none started.
                 let w = self.waiters.remove(&wid);
                 if let Some(w) = w {
-                    let bytes = codec::encode(&Reply::new("Upgrade done", w.request_id), w.encoding);
+                    let bytes =
+                        codec::encode(&Reply::new("Upgrade done", w.request_id), w.encoding);
                     self.control.write(self.poll.registry(), w.conn, &bytes);
                 }
             }
@@ -553,12 +571,19 @@ impl Master {
             return Err(self.unknown_pool(name));
         };
         let n = f(e.pool.count());
-        let actions = e.pool.set_count(n, Instant::now()).map_err(|e| e.to_string())?;
+        let actions = e
+            .pool
+            .set_count(n, Instant::now())
+            .map_err(|e| e.to_string())?;
         self.execute(name, actions);
         Ok(n)
     }
 
-    pub(crate) fn signal_pools(&mut self, pool: Option<&str>, sig: Signal) -> Result<usize, String> {
+    pub(crate) fn signal_pools(
+        &mut self,
+        pool: Option<&str>,
+        sig: Signal,
+    ) -> Result<usize, String> {
         let names: Vec<String> = match pool {
             Some(p) if self.pools.contains_key(p) => vec![p.to_string()],
             Some(p) => return Err(self.unknown_pool(p)),
@@ -586,8 +611,15 @@ impl Master {
         self.phase != Phase::Running
     }
 
-    pub(crate) fn registry(&self) -> &mio::Registry {
-        self.poll.registry()
+    /// Queue a reply on a connection.
+    pub(crate) fn reply(&mut self, conn: ConnId, reply: &Reply, encoding: Encoding) {
+        self.control
+            .write(self.poll.registry(), conn, &codec::encode(reply, encoding));
+    }
+
+    /// Close a connection once its queued replies are written.
+    pub(crate) fn hang_up(&mut self, conn: ConnId) {
+        self.control.close_after_flush(self.poll.registry(), conn);
     }
 
     /// Find the pool of a worker pid.
@@ -640,11 +672,21 @@ impl Master {
             log::warn!(
                 "control: refused a connection from uid {} (allowed: {me}, root{})",
                 uid.map_or("unknown".into(), |u| u.to_string()),
-                if self.config.control.allow_uids.is_empty() { String::new() } else { format!(", {:?}", self.config.control.allow_uids) }
+                if self.config.control.allow_uids.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {:?}", self.config.control.allow_uids)
+                }
             );
-            let reply = Reply::failure("permission denied: your uid may not control this master", None);
-            self.control
-                .write(self.poll.registry(), id, &codec::encode(&reply, Encoding::Json));
+            let reply = Reply::failure(
+                "permission denied: your uid may not control this master",
+                None,
+            );
+            self.control.write(
+                self.poll.registry(),
+                id,
+                &codec::encode(&reply, Encoding::Json),
+            );
             self.control.close_after_flush(self.poll.registry(), id);
         }
     }
@@ -666,11 +708,17 @@ impl Master {
                         codec::MAX_LINE
                     );
                     let reply = Reply::failure(
-                        format!("request line longer than {} bytes; closing", codec::MAX_LINE),
+                        format!(
+                            "request line longer than {} bytes; closing",
+                            codec::MAX_LINE
+                        ),
                         None,
                     );
-                    self.control
-                        .write(self.poll.registry(), id, &codec::encode(&reply, Encoding::Json));
+                    self.control.write(
+                        self.poll.registry(),
+                        id,
+                        &codec::encode(&reply, Encoding::Json),
+                    );
                     self.control.close_after_flush(self.poll.registry(), id);
                 }
             }
@@ -681,11 +729,6 @@ impl Master {
         if !self.control.is_open(id) {
             self.forget_conn(id);
         }
-    }
-
-    /// Exit immediately after the current turn (QUIT).
-    pub(crate) fn request_exit(&mut self) {
-        self.exit_now = true;
     }
 
     pub(crate) fn rolling_uptime(&self) -> Duration {
@@ -711,7 +754,11 @@ fn describe(status: &WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, code) => format!("exit status {code}"),
         WaitStatus::Signaled(_, sig, core) => {
-            format!("killed by {}{}", sig.as_str(), if *core { " (core dumped)" } else { "" })
+            format!(
+                "killed by {}{}",
+                sig.as_str(),
+                if *core { " (core dumped)" } else { "" }
+            )
         }
         other => format!("{other:?}"),
     }
@@ -733,7 +780,10 @@ fn take_lock(path: &Path) -> Result<File, MasterError> {
         .truncate(false)
         .open(path)
         .map_err(err("open lockfile"))?;
-    match nix::fcntl::Flock::lock(f.try_clone().map_err(err("open lockfile"))?, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+    match nix::fcntl::Flock::lock(
+        f.try_clone().map_err(err("open lockfile"))?,
+        nix::fcntl::FlockArg::LockExclusiveNonblock,
+    ) {
         Ok(locked) => {
             // Keep the lock for the master's life: leak the guard into the File we
             // keep (the lock belongs to the open file description).
@@ -745,7 +795,11 @@ fn take_lock(path: &Path) -> Result<File, MasterError> {
             let holder = s.trim();
             return Err(MasterError::Locked {
                 path: path.to_path_buf(),
-                holder: if holder.is_empty() { "unknown".into() } else { holder.to_string() },
+                holder: if holder.is_empty() {
+                    "unknown".into()
+                } else {
+                    holder.to_string()
+                },
             });
         }
         Err((_, e)) => return Err(err("lock")(io::Error::from(e))),
@@ -768,7 +822,10 @@ fn write_pidfile(path: &Path) -> Result<(), MasterError> {
                     pid,
                 });
             }
-            log::info!("replacing stale pidfile {} (pid {pid} is gone)", path.display());
+            log::info!(
+                "replacing stale pidfile {} (pid {pid} is gone)",
+                path.display()
+            );
         }
     }
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));

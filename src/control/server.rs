@@ -163,7 +163,8 @@ impl ControlServer {
         let id = self.next;
         self.next += 1;
         registry.register(&mut stream, Token(id), Interest::READABLE)?;
-        let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).ok();
+        let cred =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).ok();
         self.conns.insert(
             id,
             Conn {
