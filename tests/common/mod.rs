@@ -1,0 +1,342 @@
+//! Integration-test harness: runs the real `einhyrningsins` binary with real
+//! workers in a private temp dir, and talks to it over its real control socket.
+//!
+//! Nothing here sleeps for synchronisation: every wait polls a condition against a
+//! deadline. A `Drop` guard kills the master and every worker it reported, so a
+//! failing test leaves no process behind.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const MASTER: &str = env!("CARGO_BIN_EXE_einhyrningsins");
+pub const CTL: &str = env!("CARGO_BIN_EXE_einhyrningsinsctl");
+
+/// The Rust example worker (built by `cargo test` as an example).
+pub fn http_worker() -> PathBuf {
+    let mut p = PathBuf::from(MASTER);
+    p.pop();
+    p.push("examples");
+    p.push("http_worker");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo test` (which builds examples) or `cargo build --examples`",
+        p.display()
+    );
+    p
+}
+
+/// A fresh, short temp dir (unix socket paths must stay under ~108 bytes).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ehy-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn join(&self, s: &str) -> PathBuf {
+        self.0.join(s)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Poll `f` until it returns `Some`, or panic with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// A port the kernel picked and released (for configs that need a fixed port).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr").port()
+}
+
+pub struct Master {
+    pub child: Option<Child>,
+    pub dir: TempDir,
+    pub sock: PathBuf,
+    pub log: PathBuf,
+    seen_pids: Vec<i32>,
+}
+
+impl Master {
+    /// Start a master from a TOML text. `{sock}` and `{worker}` and `{dir}` in the
+    /// text are replaced by the control socket path, the example worker path and
+    /// the temp dir.
+    pub fn with_config(tag: &str, toml: &str) -> Master {
+        let dir = TempDir::new(tag);
+        let sock = dir.join("ctl.sock");
+        let text = expand(toml, &dir, &sock);
+        let cfg = dir.join("app.toml");
+        std::fs::write(&cfg, text).expect("write config");
+        let cfg_s = cfg.to_string_lossy().into_owned();
+        Master::spawn(dir, sock, &["--config", &cfg_s])
+    }
+
+    /// Start a master with classic command-line arguments; `-d` is added.
+    pub fn with_args(tag: &str, args: &[&str]) -> Master {
+        let dir = TempDir::new(tag);
+        let sock = dir.join("ctl.sock");
+        let sock_s = sock.to_string_lossy().into_owned();
+        let mut all = vec!["-d", &sock_s];
+        let expanded: Vec<String> = args.iter().map(|a| expand(a, &dir, &sock)).collect();
+        all.extend(expanded.iter().map(String::as_str));
+        Master::spawn(dir, sock, &all)
+    }
+
+    fn spawn(dir: TempDir, sock: PathBuf, args: &[&str]) -> Master {
+        let log = dir.join("master.log");
+        let logf = std::fs::File::create(&log).expect("create log");
+        let child = Command::new(MASTER)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("dup log"))
+            .stderr(logf)
+            .spawn()
+            .expect("spawn master");
+        let mut m = Master {
+            child: Some(child),
+            dir,
+            sock,
+            log,
+            seen_pids: Vec::new(),
+        };
+        let sock = m.sock.clone();
+        wait_for("the control socket", Duration::from_secs(10), || {
+            if let Some(st) = m.try_exit() {
+                panic!("master exited early ({st}); log:\n{}", m.log_text());
+            }
+            UnixStream::connect(&sock).ok()
+        });
+        m
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One JSON request, all reply lines until the final one (no `wait`).
+    pub fn request(&self, req: Value) -> Vec<Value> {
+        let mut s = UnixStream::connect(&self.sock).expect("connect control socket");
+        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+        let mut line = req.to_string();
+        line.push('\n');
+        s.write_all(line.as_bytes()).expect("send request");
+        let mut out = Vec::new();
+        let mut r = BufReader::new(s);
+        loop {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                return out;
+            }
+            let v: Value = serde_json::from_str(&l).expect("reply is JSON");
+            let more = v.get("wait").and_then(Value::as_bool).unwrap_or(false);
+            out.push(v);
+            if !more {
+                return out;
+            }
+        }
+    }
+
+    /// Send a command (optionally to a pool); the final reply's message, and
+    /// whether it was an error.
+    pub fn cmd(&self, command: &str, args: &[&str], pool: Option<&str>) -> (String, bool) {
+        let mut req = serde_json::json!({"command": command, "args": args, "id": 1});
+        if let Some(p) = pool {
+            req["pool"] = Value::from(p);
+        }
+        let replies = self.request(req);
+        let last = replies.last().cloned().unwrap_or(Value::Null);
+        (
+            last["message"].as_str().unwrap_or("").to_string(),
+            last["error"].as_bool().unwrap_or(false),
+        )
+    }
+
+    /// The `state` dump.
+    pub fn state(&mut self) -> Value {
+        let (msg, err) = self.cmd("state", &[], None);
+        assert!(!err, "state failed: {msg}");
+        let v: Value = serde_json::from_str(&msg).expect("state is JSON");
+        if let Some(pools) = v["pools"].as_object() {
+            for p in pools.values() {
+                for w in p["workers"].as_array().into_iter().flatten() {
+                    if let Some(pid) = w["pid"].as_i64() {
+                        if !self.seen_pids.contains(&(pid as i32)) {
+                            self.seen_pids.push(pid as i32);
+                        }
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    /// Pids of a pool's workers in a given state ("acked", "unacked", "draining").
+    pub fn pids(&mut self, pool: &str, state: &str) -> Vec<i32> {
+        let st = self.state();
+        let mut v: Vec<i32> = st["pools"][pool]["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["state"] == state)
+            .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Wait until `pool` has exactly `n` acked workers and nothing else.
+    pub fn wait_acked(&mut self, pool: &str, n: usize) -> Vec<i32> {
+        let log = self.log.clone();
+        wait_for(
+            &format!("{n} acked workers in pool {pool} (log: {})", log.display()),
+            Duration::from_secs(30),
+            || {
+                let st = self.state();
+                let ws = st["pools"][pool]["workers"].as_array()?.clone();
+                let acked: Vec<i32> = ws
+                    .iter()
+                    .filter(|w| w["state"] == "acked")
+                    .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
+                    .collect();
+                (acked.len() == n && ws.len() == n).then_some(acked)
+            },
+        )
+    }
+
+    /// Exit status if the master has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let st = wait_for("the master to exit", timeout, || self.try_exit());
+        self.child = None;
+        st
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Run einhyrningsinsctl against this master.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(CTL)
+            .arg("-d")
+            .arg(&self.sock)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run einhyrningsinsctl")
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = self.state_quiet();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for pid in &self.seen_pids {
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Master {
+    fn state_quiet(&mut self) -> Option<()> {
+        let mut s = UnixStream::connect(&self.sock).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        s.write_all(b"{\"command\":\"state\"}\n").ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let v: Value = serde_json::from_str(buf.trim()).ok()?;
+        let st: Value = serde_json::from_str(v["message"].as_str()?).ok()?;
+        for p in st["pools"].as_object()?.values() {
+            for w in p["workers"].as_array()? {
+                if let Some(pid) = w["pid"].as_i64() {
+                    self.seen_pids.push(pid as i32);
+                }
+            }
+        }
+        Some(())
+    }
+}
+
+fn expand(s: &str, dir: &TempDir, sock: &Path) -> String {
+    s.replace("{sock}", &sock.to_string_lossy())
+        .replace("{worker}", &http_worker().to_string_lossy())
+        .replace("{dir}", &dir.path().to_string_lossy())
+}
+
+/// `GET path` over a new connection with `Connection: close`; the body.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    if !resp.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("bad response: {resp:?}")));
+    }
+    Ok(resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+}
+
+/// Is a process alive (and not a zombie)?
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
