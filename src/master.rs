@@ -86,6 +86,28 @@ enum Phase {
 pub(crate) struct PoolEntry {
     pub(crate) pool: Pool,
     pub(crate) sockets: Vec<BoundSocket>,
+    /// Removed from the config: draining, dropped (sockets closed) once empty.
+    pub(crate) removing: bool,
+    /// Last roll, reload or scale of this pool: when, and what and why.
+    pub(crate) last_change: Option<(Instant, String)>,
+}
+
+impl PoolEntry {
+    fn new(pool: Pool, sockets: Vec<BoundSocket>) -> PoolEntry {
+        PoolEntry {
+            pool,
+            sockets,
+            removing: false,
+            last_change: None,
+        }
+    }
+}
+
+/// Outcome of the last reload, for `status`.
+pub(crate) struct ReloadRecord {
+    pub(crate) at: Instant,
+    pub(crate) trigger: String,
+    pub(crate) result: Result<String, String>,
 }
 
 /// A client waiting for the end of one or more upgrades.
@@ -117,6 +139,7 @@ pub struct Master {
     /// Pools whose deadlines may have changed since the last loop turn.
     dirty: HashSet<String>,
     exit_now: bool,
+    pub(crate) last_reload: Option<ReloadRecord>,
     _lock: Option<File>,
     pidfile: Option<PathBuf>,
 }
@@ -145,10 +168,7 @@ impl Master {
             }
             pools.insert(
                 name.clone(),
-                PoolEntry {
-                    pool: Pool::new(Arc::new(spec.clone())),
-                    sockets,
-                },
+                PoolEntry::new(Pool::new(Arc::new(spec.clone())), sockets),
             );
         }
         let pidfile = match &config.master.pidfile {
@@ -197,6 +217,7 @@ impl Master {
             next_waiter: 1,
             dirty: HashSet::new(),
             exit_now: false,
+            last_reload: None,
             _lock: lock,
             pidfile,
         })
@@ -291,12 +312,7 @@ impl Master {
         for sig in pending {
             match sig {
                 sigs::SIGCHLD => self.reap(),
-                sigs::SIGHUP => {
-                    log::info!("SIGHUP: smooth upgrade of every pool");
-                    if let Err(e) = self.start_upgrade(None, None, None) {
-                        log::warn!("SIGHUP: {e}");
-                    }
-                }
+                sigs::SIGHUP => self.on_hup(),
                 sigs::SIGINT | sigs::SIGUSR2 => {
                     self.stop_requests += 1;
                     let how = match self.stop_requests {
@@ -397,8 +413,14 @@ impl Master {
                     outcome,
                 } => self.progress(name, upgrade, message, outcome),
                 Action::Stopped => {
-                    if self.phase == Phase::Draining {
+                    let removing = self.pools.get(name).is_some_and(|e| e.removing);
+                    if self.phase == Phase::Draining || removing {
+                        if removing {
+                            log::info!("pool {name}: removed; its sockets are closed");
+                        }
                         self.pools.remove(name);
+                        self.timers_forget(name);
+                        return;
                     }
                 }
             }
@@ -638,6 +660,253 @@ impl Master {
         let actions = e.pool.ack(pid, Instant::now()).map_err(|e| e.to_string())?;
         self.execute(&name, actions);
         Ok(())
+    }
+
+    fn timers_forget(&mut self, name: &str) {
+        self.dirty.remove(name);
+    }
+
+    /// HUP: re-read the config (with `--config`), then roll every pool the reload
+    /// did not already roll.
+    fn on_hup(&mut self) {
+        let mut rolled = Vec::new();
+        if self.config.source.is_some() {
+            match self.reload("SIGHUP") {
+                Ok((summary, r)) => {
+                    log::info!("SIGHUP: {summary}");
+                    rolled = r;
+                }
+                Err(e) => log::error!("SIGHUP: config not reloaded, running one unchanged: {e}"),
+            }
+        }
+        if self.phase != Phase::Running {
+            return;
+        }
+        log::info!("SIGHUP: smooth upgrade of every pool");
+        let names: Vec<String> = self
+            .pools
+            .iter()
+            .filter(|(n, e)| !e.removing && !rolled.contains(n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            if let Err(e) = self.start_upgrade(Some(&name), None, None) {
+                log::warn!("SIGHUP: pool {name}: {e}");
+            }
+            self.note_change(&name, "upgrade (SIGHUP)".into());
+        }
+    }
+
+    pub(crate) fn note_change(&mut self, name: &str, what: String) {
+        if let Some(e) = self.pools.get_mut(name) {
+            e.last_change = Some((Instant::now(), what));
+        }
+    }
+
+    /// Re-read the config file and apply the difference: new pools start,
+    /// removed pools drain, count changes scale, changed pools roll, unchanged
+    /// pools are not touched. Nothing is applied unless the whole new file is valid
+    /// and every new address binds. Returns a summary and the pools rolled.
+    pub(crate) fn reload(&mut self, trigger: &str) -> Result<(String, Vec<String>), String> {
+        let result = self.reload_inner(trigger);
+        let record = ReloadRecord {
+            at: Instant::now(),
+            trigger: trigger.to_string(),
+            result: result
+                .as_ref()
+                .map(|(s, _)| s.clone())
+                .map_err(Clone::clone),
+        };
+        self.last_reload = Some(record);
+        if let Err(e) = &result {
+            log::error!("reload ({trigger}) refused, configuration unchanged:\n{e}");
+        }
+        result
+    }
+
+    fn reload_inner(&mut self, trigger: &str) -> Result<(String, Vec<String>), String> {
+        if self.phase != Phase::Running {
+            return Err("the master is shutting down".into());
+        }
+        let Some(path) = self.config.source.clone() else {
+            return Err(
+                "reload needs --config (this master was started from the command line)".into(),
+            );
+        };
+        let mut new = Config::load(&path).map_err(|e| e.to_string())?;
+        // The control socket and the master's files stay as started.
+        if new.control != self.config.control || new.master != self.config.master {
+            log::warn!("reload: [control] and [master] changes need a restart; kept as running");
+        }
+        new.control = self.config.control.clone();
+        new.master = self.config.master.clone();
+        let d = crate::config::diff(&self.config, &new);
+
+        // Sockets for every added or rolled pool: a running socket with the same
+        // address is kept (no moment without a listener), others are bound anew;
+        // all or nothing. Port-0 binds are only kept by their own pool: each one
+        // is a different port.
+        enum Src {
+            Take(String),
+            New(BoundSocket),
+        }
+        let rebinding: Vec<String> = d
+            .added
+            .iter()
+            .chain(d.rolled.iter().map(|(n, _)| n))
+            .cloned()
+            .collect();
+        let mut plans: HashMap<String, Vec<Src>> = HashMap::new();
+        for name in &rebinding {
+            let Some(spec) = new.pools.get(name) else {
+                continue;
+            };
+            let mut plan = Vec::new();
+            for (i, b) in spec.binds.iter().enumerate() {
+                let key = b.addr_text();
+                let ephemeral = matches!(b.addr, crate::bind::BindAddr::Inet { port: 0, .. });
+                let owner = self.pools.iter().find(|(n, e)| {
+                    (!ephemeral || *n == name) && e.sockets.iter().any(|s| s.key() == key)
+                });
+                match owner {
+                    Some((owner, _)) => plan.push(Src::Take(owner.clone())),
+                    None => {
+                        let s = bind::bind(b, bind::DEFAULT_BACKLOG).map_err(|e| {
+                            format!(
+                                "{}: pool {name}: {e}",
+                                new.locate(&format!("pools.{name}.binds[{i}]"))
+                            )
+                        })?;
+                        plan.push(Src::New(s));
+                    }
+                }
+            }
+            plans.insert(name.clone(), plan);
+        }
+        // Past this point nothing fails.
+        let mut sockets_for: HashMap<String, Vec<BoundSocket>> = HashMap::new();
+        for name in &rebinding {
+            let Some(spec) = new.pools.get(name) else {
+                continue;
+            };
+            let mut sockets = Vec::new();
+            for (b, src) in spec
+                .binds
+                .iter()
+                .zip(plans.remove(name).unwrap_or_default())
+            {
+                let sock = match src {
+                    Src::New(s) => Some(s),
+                    Src::Take(owner) => self.pools.get_mut(&owner).and_then(|e| {
+                        let pos = e.sockets.iter().position(|s| s.key() == b.addr_text())?;
+                        Some(e.sockets.remove(pos))
+                    }),
+                };
+                match sock {
+                    Some(s) => sockets.push(s),
+                    None => log::error!("reload: pool {name}: lost the socket for {}", b.raw),
+                }
+            }
+            sockets_for.insert(name.clone(), sockets);
+        }
+        let now = Instant::now();
+        let mut parts = Vec::new();
+        for name in &d.removed {
+            if let Some(e) = self.pools.get_mut(name) {
+                e.removing = true;
+                let actions = e.pool.shutdown(Shutdown::Graceful, now);
+                self.execute(name, actions);
+                self.note_change(name, format!("removed ({trigger})"));
+            }
+        }
+        let mut rolled = Vec::new();
+        for name in &rebinding {
+            let Some(spec) = new.pools.get(name) else {
+                continue;
+            };
+            let sockets = sockets_for.remove(name).unwrap_or_default();
+            let spec = Arc::new(spec.clone());
+            if let Some(e) = self.pools.get_mut(name) {
+                // Rolled: new workers get the new spec and sockets; old ones keep
+                // the sockets they inherited until they drain.
+                e.sockets = sockets;
+                let mut actions = e.pool.set_count(spec.count, now).unwrap_or_default();
+                match e.pool.upgrade(None, Some(spec), now) {
+                    Ok((_, a)) => actions.extend(a),
+                    Err(err) => log::warn!("reload: {err}"),
+                }
+                self.execute(name, actions);
+                let keys = d
+                    .rolled
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, k)| k.join(", "))
+                    .unwrap_or_default();
+                self.note_change(name, format!("rolled ({trigger}: {keys} changed)"));
+                rolled.push(name.clone());
+            } else {
+                let mut pool = Pool::new(spec);
+                let actions = pool.start(now);
+                self.pools
+                    .insert(name.clone(), PoolEntry::new(pool, sockets));
+                self.execute(name, actions);
+                self.note_change(name, format!("added ({trigger})"));
+            }
+        }
+        for (name, from, to) in &d.scaled {
+            if rolled.contains(name) {
+                continue;
+            }
+            if let Some(spec) = new.pools.get(name) {
+                let spec = Arc::new(spec.clone());
+                if let Some(e) = self.pools.get_mut(name) {
+                    let mut actions = e.pool.retune(spec, now);
+                    actions.extend(e.pool.set_count(*to, now).unwrap_or_default());
+                    self.execute(name, actions);
+                    self.note_change(name, format!("scaled {from} -> {to} ({trigger})"));
+                }
+            }
+        }
+        for name in &d.retuned {
+            if let (Some(spec), Some(e)) = (new.pools.get(name), self.pools.get_mut(name)) {
+                let actions = e.pool.retune(Arc::new(spec.clone()), now);
+                self.execute(name, actions);
+                self.note_change(name, format!("settings updated in place ({trigger})"));
+            }
+        }
+        if new.log != self.config.log {
+            log::set_max_level(new.log.level);
+        }
+        if !d.added.is_empty() {
+            parts.push(format!("added {}", d.added.join(", ")));
+        }
+        if !d.removed.is_empty() {
+            parts.push(format!("removed {}", d.removed.join(", ")));
+        }
+        for (n, keys) in &d.rolled {
+            parts.push(format!("rolling {n} ({} changed)", keys.join(", ")));
+        }
+        for (n, a, b) in &d.scaled {
+            parts.push(format!("scaled {n} {a} -> {b}"));
+        }
+        if !d.retuned.is_empty() {
+            parts.push(format!("retuned {}", d.retuned.join(", ")));
+        }
+        if !d.unchanged.is_empty() {
+            parts.push(format!("unchanged {}", d.unchanged.join(", ")));
+        }
+        self.config = new;
+        let summary = format!(
+            "Reloaded {}: {}",
+            path.display(),
+            if parts.is_empty() {
+                "nothing changed".into()
+            } else {
+                parts.join("; ")
+            }
+        );
+        log::info!("{summary}");
+        Ok((summary, rolled))
     }
 
     /// After a waiter's client disconnected, stop streaming to it.

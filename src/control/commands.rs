@@ -182,12 +182,10 @@ impl Master {
                         .into(),
                 )
             }
-            "reload" => Outcome::Err(match &self.config.source {
-                Some(_) => "reload is not available yet in this version".into(),
-                None => {
-                    "reload needs --config (this master was started from the command line)".into()
-                }
-            }),
+            "reload" => match self.reload("reload command") {
+                Ok((summary, _)) => Outcome::Ok(summary),
+                Err(e) => Outcome::Err(format!("Reload failed, configuration unchanged: {e}")),
+            },
             "louder" | "quieter" => {
                 let lvl = crate::log::step(req.command == "louder");
                 log::warn!("log level is now {lvl}");
@@ -308,6 +306,13 @@ impl Master {
                 binds.join(", ")
             );
             let _ = writeln!(s, "  state: {}", pool_state(p, now));
+            if let Some((at, what)) = &e.last_change {
+                let _ = writeln!(
+                    s,
+                    "  last change: {what} {} ago",
+                    ago(now.saturating_duration_since(*at))
+                );
+            }
             if let Some(o) = p.last_upgrade() {
                 let _ = writeln!(
                     s,
@@ -431,6 +436,10 @@ impl Master {
                         "ok": o.result.is_ok(),
                         "error": o.result.as_ref().err(),
                     })),
+                    "last_change": e.last_change.as_ref().map(|(at, what)| json!({
+                        "what": what,
+                        "secs_ago": secs(now.saturating_duration_since(*at)),
+                    })),
                     "workers": workers,
                 }),
             );
@@ -444,6 +453,12 @@ impl Master {
                 "config": self.config.source,
                 "shutting_down": self.is_shutting_down(),
                 "log_level": log::max_level().to_string(),
+                "last_reload": self.last_reload.as_ref().map(|r| json!({
+                    "trigger": r.trigger,
+                    "secs_ago": secs(now.saturating_duration_since(r.at)),
+                    "ok": r.result.is_ok(),
+                    "message": match &r.result { Ok(m) | Err(m) => m },
+                })),
             },
             "pools": pools,
         })
@@ -452,7 +467,7 @@ impl Master {
 
 fn pool_state(p: &Pool, now: Instant) -> String {
     if p.is_shutting_down() {
-        return "shutting down".into();
+        return "shutting down (draining)".into();
     }
     if let Some((id, st, since)) = p.upgrading() {
         return format!(
