@@ -37,6 +37,9 @@ use crate::worker::{self, SpawnContext};
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
+/// Forks per loop turn: between batches the loop serves acks and clients, so a
+/// pool of thousands starts without starving the control socket.
+const SPAWN_BATCH: usize = 64;
 
 /// Fatal startup errors, each naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +139,8 @@ pub struct Master {
     pub(crate) waiters: HashMap<u64, Waiter>,
     waiter_of: HashMap<(String, UpgradeId), u64>,
     next_waiter: u64,
+    /// Spawns waiting for their fork: (pool, worker id, slot index, spec).
+    spawn_queue: std::collections::VecDeque<(String, crate::pool::WorkerId, u32, Arc<crate::config::PoolConfig>)>,
     /// Pools whose deadlines may have changed since the last loop turn.
     dirty: HashSet<String>,
     exit_now: bool,
@@ -216,6 +221,7 @@ impl Master {
             waiter_of: HashMap::new(),
             next_waiter: 1,
             dirty: HashSet::new(),
+            spawn_queue: std::collections::VecDeque::new(),
             exit_now: false,
             last_reload: None,
             _lock: lock,
@@ -258,7 +264,11 @@ impl Master {
             if self.exit_now || (self.phase == Phase::Draining && self.pools.is_empty()) {
                 break;
             }
-            let timeout = self.timers.poll_timeout(Instant::now());
+            let timeout = if self.spawn_queue.is_empty() {
+                self.timers.poll_timeout(Instant::now())
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -291,6 +301,7 @@ impl Master {
                     self.execute(&name, actions);
                 }
             }
+            self.run_spawns(SPAWN_BATCH);
         }
         log::info!("einhyrningsins (pid {}) exiting", self.pid);
         Ok(0)
@@ -391,15 +402,7 @@ impl Master {
                     index,
                     spec,
                     ..
-                } => {
-                    let result = self.spawn(name, index, &spec);
-                    if let Ok(pid) = result {
-                        self.pid_pool.insert(pid, name.to_string());
-                    }
-                    if let Some(e) = self.pools.get_mut(name) {
-                        queue.extend(e.pool.spawned(worker, result, Instant::now()));
-                    }
-                }
+                } => self.spawn_queue.push_back((name.to_string(), worker, index, spec)),
                 Action::Signal { pid, signal } => {
                     // The pid is not reaped yet (the pool forgets workers when
                     // reaped), so it cannot have been reused.
@@ -426,6 +429,34 @@ impl Master {
             }
         }
         self.dirty.insert(name.to_string());
+    }
+
+    /// Fork up to `budget` queued workers.
+    fn run_spawns(&mut self, budget: usize) {
+        for _ in 0..budget {
+            let Some((name, worker, index, spec)) = self.spawn_queue.pop_front() else {
+                return;
+            };
+            let wanted = self
+                .pools
+                .get_mut(&name)
+                .is_some_and(|e| e.pool.wants_spawn(worker));
+            if !wanted {
+                if let Some(e) = self.pools.get_mut(&name) {
+                    let actions = e.pool.spawn_dropped(Instant::now());
+                    self.execute(&name, actions);
+                }
+                continue;
+            }
+            let result = self.spawn(&name, index, &spec);
+            if let Ok(pid) = result {
+                self.pid_pool.insert(pid, name.clone());
+            }
+            if let Some(e) = self.pools.get_mut(&name) {
+                let actions = e.pool.spawned(worker, result, Instant::now());
+                self.execute(&name, actions);
+            }
+        }
     }
 
     fn spawn(

@@ -109,6 +109,12 @@ impl ControlServer {
         let listener = UnixListener::bind(path);
         nix::sys::stat::umask(old);
         let listener = listener.map_err(io("bind"))?;
+        // std listens with a small backlog; a thousand workers acking at once
+        // need more. Linux lets listen() be called again to change it.
+        // SAFETY: plain syscall on a socket we own.
+        unsafe {
+            libc::listen(listener.as_raw_fd(), 4096);
+        }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(io("chmod"))?;
         let ino = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
