@@ -1,1 +1,3 @@
 //! Control socket: wire codec, connections, commands.
+
+pub mod codec;
