@@ -359,12 +359,12 @@ fn unescape(s: &str) -> String {
     while let Some(p) = rest.find('%') {
         out.push_str(&rest[..p]);
         let tail = &rest[p..];
-        if tail.starts_with("%25") {
+        if let Some(after) = tail.strip_prefix("%25") {
             out.push('%');
-            rest = &tail[3..];
-        } else if tail.starts_with("%0A") {
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("%0A") {
             out.push('\n');
-            rest = &tail[3..];
+            rest = after;
         } else {
             out.push('%');
             rest = &tail[1..];
@@ -1311,15 +1311,24 @@ mod read {
     /// Type of a plain scalar as Psych reads it (YAML 1.1: `~`/null, yes/no/on/off,
     /// integers with `_` and `,`, 0x/0b/octal, floats with a dot).
     pub(super) fn resolve_plain(s: &str) -> Resolved {
-        let lower = s.to_ascii_lowercase();
-        match lower.as_str() {
-            "" | "~" | "null" => return Resolved::Null,
-            "yes" | "true" | "on" => return Resolved::Bool(true),
-            "no" | "false" | "off" => return Resolved::Bool(false),
-            ".inf" | "+.inf" => return Resolved::Float(f64::INFINITY),
-            "-.inf" => return Resolved::Float(f64::NEG_INFINITY),
-            ".nan" => return Resolved::Float(f64::NAN),
-            _ => {}
+        let is = |words: &[&str]| words.iter().any(|w| s.eq_ignore_ascii_case(w));
+        if is(&["", "~", "null"]) {
+            return Resolved::Null;
+        }
+        if is(&["yes", "true", "on"]) {
+            return Resolved::Bool(true);
+        }
+        if is(&["no", "false", "off"]) {
+            return Resolved::Bool(false);
+        }
+        if is(&[".inf", "+.inf"]) {
+            return Resolved::Float(f64::INFINITY);
+        }
+        if is(&["-.inf"]) {
+            return Resolved::Float(f64::NEG_INFINITY);
+        }
+        if is(&[".nan"]) {
+            return Resolved::Float(f64::NAN);
         }
         if super::psych::is_legacy_int(s) {
             return super::psych::int_value(s).map_or(Resolved::Str, Resolved::Int);
@@ -1607,11 +1616,12 @@ mod psych {
             return false;
         }
         digits(b, &mut k, 0, usize::MAX);
-        if eat(b, &mut k, b'e') || eat(b, &mut k, b'E') {
-            if !(eat(b, &mut k, b'+') || eat(b, &mut k, b'-')) || !digits(b, &mut k, 1, usize::MAX)
-            {
-                return false;
-            }
+        let has_exponent = eat(b, &mut k, b'e') || eat(b, &mut k, b'E');
+        if has_exponent
+            && (!(eat(b, &mut k, b'+') || eat(b, &mut k, b'-'))
+                || !digits(b, &mut k, 1, usize::MAX))
+        {
+            return false;
         }
         k == b.len()
     }
@@ -2562,10 +2572,10 @@ mod tests {
             err_of(b"hello world")?,
             DecodeFailure::new(Encoding::Json, DecodeError::Unrecognised)
         );
-        assert!(matches!(
-            err_of(b"{\"command\":")?.error,
-            DecodeError::Json(_)
-        ));
+        assert_eq!(
+            err_of(b"{\"command\":")?.to_string(),
+            "invalid JSON: EOF while parsing a value at line 1 column 11"
+        );
         assert_eq!(err_of(b"[1,2]")?.error, DecodeError::NotAnObject("a list"));
         assert_eq!(err_of(b"42")?.error, DecodeError::NotAnObject("a number"));
         assert_eq!(
@@ -2722,7 +2732,7 @@ mod tests {
             // Generous for an unoptimised build on a busy machine; quadratic
             // behaviour on 64 KiB would take seconds.
             assert!(
-                elapsed < std::time::Duration::from_millis(100),
+                elapsed < std::time::Duration::from_millis(250),
                 "{elapsed:?} for {:?}...",
                 String::from_utf8_lossy(&line[..40])
             );
