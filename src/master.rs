@@ -140,7 +140,12 @@ pub struct Master {
     waiter_of: HashMap<(String, UpgradeId), u64>,
     next_waiter: u64,
     /// Spawns waiting for their fork: (pool, worker id, slot index, spec).
-    spawn_queue: std::collections::VecDeque<(String, crate::pool::WorkerId, u32, Arc<crate::config::PoolConfig>)>,
+    spawn_queue: std::collections::VecDeque<(
+        String,
+        crate::pool::WorkerId,
+        u32,
+        Arc<crate::config::PoolConfig>,
+    )>,
     /// Pools whose deadlines may have changed since the last loop turn.
     dirty: HashSet<String>,
     exit_now: bool,
@@ -402,7 +407,9 @@ impl Master {
                     index,
                     spec,
                     ..
-                } => self.spawn_queue.push_back((name.to_string(), worker, index, spec)),
+                } => self
+                    .spawn_queue
+                    .push_back((name.to_string(), worker, index, spec)),
                 Action::Signal { pid, signal } => {
                     // The pid is not reaped yet (the pool forgets workers when
                     // reaped), so it cannot have been reused.
@@ -489,8 +496,9 @@ impl Master {
         if let Some((ours, _theirs)) = pair {
             if ours.set_nonblocking(true).is_ok() {
                 let stream = mio::net::UnixStream::from_std(ours);
-                if let Err(e) = self.control.adopt(self.poll.registry(), stream) {
-                    log::warn!("pool {name}: could not register the -g connection: {e}");
+                match self.control.adopt(self.poll.registry(), stream) {
+                    Ok(id) => self.control.set_persistent(id),
+                    Err(e) => log::warn!("pool {name}: could not register the -g connection: {e}"),
                 }
             }
         }

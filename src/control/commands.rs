@@ -101,7 +101,9 @@ impl Master {
             }
             Outcome::Later => return,
             Outcome::Silent => {
-                self.hang_up(conn);
+                if !self.control.is_persistent(conn) {
+                    self.hang_up(conn);
+                }
                 return;
             }
         };
@@ -120,7 +122,15 @@ impl Master {
             "help" => Outcome::Ok(help()),
             "version" => Outcome::Ok(format!("einhyrningsins {}", env!("CARGO_PKG_VERSION"))),
             "status" => match self.select(pool) {
-                Ok(names) => Outcome::Ok(self.status_table(&names)),
+                // No trailing spaces: YAML replies then stay readable `|` blocks.
+                Ok(names) => Outcome::Ok(
+                    self.status_table(&names)
+                        .lines()
+                        .map(str::trim_end)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                        + "\n",
+                ),
                 Err(e) => Outcome::Err(e),
             },
             "state" => match self.select(pool) {

@@ -49,6 +49,9 @@ struct Conn {
     writable_armed: bool,
     uid: Option<u32>,
     pid: Option<i32>,
+    /// A worker's `-g` channel (EINHORN_SOCK_FD): kept open after worker:ack,
+    /// as einhorn does, so the worker can keep using it.
+    persistent: bool,
 }
 
 /// What a readable connection produced.
@@ -181,9 +184,21 @@ impl ControlServer {
                 writable_armed: false,
                 uid: cred.map(|c| c.uid()),
                 pid: cred.map(|c| c.pid()),
+                persistent: false,
             },
         );
         Ok(id)
+    }
+
+    /// Mark a connection as a worker's persistent channel (`-g`).
+    pub fn set_persistent(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.persistent = true;
+        }
+    }
+
+    pub fn is_persistent(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.persistent)
     }
 
     /// Peer uid and pid (SO_PEERCRED) of a connection.
