@@ -543,6 +543,9 @@ impl Master {
                 };
                 let bytes = codec::encode(&reply, w.encoding);
                 self.control.write(self.poll.registry(), w.conn, &bytes);
+                if self.control.peer_eof(w.conn) {
+                    self.control.close_after_flush(self.poll.registry(), w.conn);
+                }
             }
         }
     }
@@ -563,7 +566,12 @@ impl Master {
         let names: Vec<String> = match pool {
             Some(p) if self.pools.contains_key(p) => vec![p.to_string()],
             Some(p) => return Err(self.unknown_pool(p)),
-            None => self.pools.keys().cloned().collect(),
+            None => self
+                .pools
+                .iter()
+                .filter(|(_, e)| !e.removing)
+                .map(|(n, _)| n.clone())
+                .collect(),
         };
         let wid = self.next_waiter;
         self.next_waiter += 1;

@@ -111,6 +111,10 @@ impl Master {
     }
 
     fn dispatch(&mut self, conn: ConnId, req: &Request) -> Outcome {
+        // einhornsh cannot send a `pool` field: accept the pool name as the last
+        // argument of the commands that address one pool.
+        let rewritten = self.pool_from_args(req);
+        let req = rewritten.as_ref().unwrap_or(req);
         let pool = req.pool.as_deref();
         match req.command.as_str() {
             "ehlo" => Outcome::Ok(format!(
@@ -233,6 +237,28 @@ impl Master {
                     .join(", ")
             )),
         }
+    }
+
+    /// `inc web`, `set_workers 4 web`, `upgrade web`: the same request with `pool`.
+    fn pool_from_args(&self, req: &Request) -> Option<Request> {
+        if req.pool.is_some() {
+            return None;
+        }
+        let takes = match req.command.as_str() {
+            "inc" | "dec" | "upgrade" | "upgrade_fleet" | "status" | "state" => 0,
+            "set_workers" => 1,
+            _ => return None,
+        };
+        if req.args.len() != takes + 1 {
+            return None;
+        }
+        let last = req.args.last()?;
+        if !self.pools.contains_key(last) {
+            return None;
+        }
+        let mut r = req.clone();
+        r.pool = r.args.pop();
+        Some(r)
     }
 
     /// Pools a read command applies to: the one named, or all.

@@ -52,6 +52,8 @@ struct Conn {
     /// A worker's `-g` channel (EINHORN_SOCK_FD): kept open after worker:ack,
     /// as einhorn does, so the worker can keep using it.
     persistent: bool,
+    /// The peer shut down its writing side.
+    peer_eof: bool,
 }
 
 /// What a readable connection produced.
@@ -185,6 +187,7 @@ impl ControlServer {
                 uid: cred.map(|c| c.uid()),
                 pid: cred.map(|c| c.pid()),
                 persistent: false,
+                peer_eof: false,
             },
         );
         Ok(id)
@@ -195,6 +198,11 @@ impl ControlServer {
         if let Some(c) = self.conns.get_mut(&id) {
             c.persistent = true;
         }
+    }
+
+    /// The peer has shut down its writing side (it only waits for replies).
+    pub fn peer_eof(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.peer_eof)
     }
 
     pub fn is_persistent(&self, id: ConnId) -> bool {
@@ -220,7 +228,10 @@ impl ControlServer {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match conn.stream.read(&mut buf) {
-                Ok(0) => return Some((out, true)),
+                Ok(0) => {
+                    conn.peer_eof = true;
+                    return Some((out, true));
+                }
                 Ok(n) => {
                     if conn.close_after_flush {
                         continue; // discarding: we are about to close
