@@ -1006,6 +1006,20 @@ mod read {
             parent: usize,
         ) -> Result<Scalar, DecodeError> {
             let t = &self.lines[line][col..];
+            // Ruby 1.9's Psych wrote the non-specific tag ("! 'x'"); "!!str" is
+            // the explicit string tag. Both just mean: a string.
+            for tag in ["!!str ", "! "] {
+                if let Some(rest) = t.strip_prefix(tag) {
+                    let value = trim_ws(rest);
+                    // One tag only: no recursion driven by the input.
+                    if !value.is_empty() && !value.starts_with('!') {
+                        let skip = t.len() - value.len();
+                        let mut s = self.scalar(line, col + skip, parent)?;
+                        s.plain = false;
+                        return Ok(s);
+                    }
+                }
+            }
             let mut chars = t.chars();
             let c = chars.next().unwrap_or(' ');
             let blank_next = chars.next().is_none_or(|n| n == ' ' || n == '\t');
