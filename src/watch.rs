@@ -72,8 +72,8 @@ const DEFAULT_PATH: &str = "/bin:/usr/bin";
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     #[error(
-        "could not start the file watcher: the inotify instance limit is reached \
-         (raise /proc/sys/fs/inotify/max_user_instances): {0}"
+        "could not start the file watcher: too many inotify instances or open files \
+         (see /proc/sys/fs/inotify/max_user_instances and `ulimit -n`): {0}"
     )]
     InstanceLimit(io::Error),
     #[error("could not start the file watcher: {0}")]

@@ -324,6 +324,44 @@ fn metadata_event_without_a_change_does_not_count() {
 }
 
 #[test]
+fn parent_directory_removed_and_recreated_is_followed() {
+    let d = TempDir::new("rmdir");
+    let app = d.join("sub/app");
+    write(&app, "v1");
+    let mut rig = Rig::new();
+    rig.set(&[(&app, "web")]);
+    fs::remove_dir_all(d.join("sub")).unwrap();
+    rig.wait_for(&app);
+    write(&app, "v2");
+    rig.wait_for(&app);
+    // The new directory is watched, not the dead inode.
+    set_mtime(&app, 1_000_000);
+    rig.wait_for(&app);
+}
+
+#[test]
+fn parent_directory_swapped_by_rename_is_followed() {
+    let d = TempDir::new("dirswap");
+    let app = d.join("bin/app");
+    write(&app, "v1");
+    let mut rig = Rig::new();
+    rig.set(&[(&app, "web")]);
+    write(&d.join("bin.new/app"), "v2");
+    fs::rename(d.join("bin"), d.join("bin.old")).unwrap();
+    fs::rename(d.join("bin.new"), d.join("bin")).unwrap();
+    rig.wait_for(&app);
+    // Edits in the old directory (the inode the first watch was on) do not
+    // count, edits in the new one do.
+    let marker = d.join("marker");
+    write(&marker, "m");
+    rig.set(&[(&app, "web"), (&marker, "m")]);
+    write(&d.join("bin.old/app"), "old, edited");
+    rig.assert_quiet(&app, &marker, 1_000_000);
+    set_mtime(&app, 2_000_000);
+    rig.wait_for(&app);
+}
+
+#[test]
 fn siblings_and_reads_do_not_count() {
     let d = TempDir::new("siblings");
     let app = d.join("app");
