@@ -431,36 +431,37 @@ impl<O: Clone + Ord> FileWatcher<O> {
     pub fn set(&mut self, wanted: BTreeMap<PathBuf, Vec<O>>) -> Vec<WatchProblem> {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let mut old = std::mem::take(&mut self.files);
-        for (path, owners) in wanted {
+        // Files new to the set get their first fingerprint once their watches
+        // exist; the others keep theirs.
+        let mut fresh = BTreeSet::new();
+        for (path, mut owners) in wanted {
             let path = if path.is_absolute() {
                 path
             } else {
                 cwd.join(path)
             };
-            let mut owners = owners;
-            owners.sort();
-            owners.dedup();
-            let prev = old.remove(&path);
-            let w = self.files.entry(path).or_insert(Wanted {
-                owners: Vec::new(),
-                chain: Chain::default(),
-                print: None,
-            });
-            w.owners.extend(owners);
+            let w = match (self.files.get_mut(&path), old.remove(&path)) {
+                (Some(w), _) => w,
+                (None, prev) => {
+                    let prev = prev.unwrap_or_else(|| {
+                        fresh.insert(path.clone());
+                        Wanted {
+                            owners: Vec::new(),
+                            chain: Chain::default(),
+                            print: None,
+                        }
+                    });
+                    self.files.entry(path).or_insert(Wanted {
+                        owners: Vec::new(),
+                        ..prev
+                    })
+                }
+            };
+            w.owners.append(&mut owners);
             w.owners.sort();
             w.owners.dedup();
-            if let Some(prev) = prev {
-                w.print = prev.print;
-                w.chain = prev.chain;
-            }
         }
         let all: BTreeSet<PathBuf> = self.files.keys().cloned().collect();
-        let fresh: BTreeSet<PathBuf> = self
-            .files
-            .iter()
-            .filter(|(_, w)| w.print.is_none() && w.chain.deps.is_empty())
-            .map(|(p, _)| p.clone())
-            .collect();
         let mut problems = Vec::new();
         self.refresh(&all, &mut problems, true);
         for p in &fresh {

@@ -193,6 +193,9 @@ fn owners_come_with_the_change() {
             break;
         }
     }
+    // A new set replaces the owners; it does not add to them.
+    rig.set(&[(&cfg, "config")]);
+    assert_eq!(rig.fw.owners(&cfg).unwrap(), &["config".to_string()]);
 }
 
 #[test]
