@@ -33,10 +33,13 @@ use crate::control::codec::{self, Encoding, Reply};
 use crate::control::server::{ConnId, ControlError, ControlServer, Input, CONN_BASE};
 use crate::pool::{Action, Pid, Pool, Shutdown, UpgradeId};
 use crate::timer::TimerQueue;
+use crate::watch::{resolve_executable, Debouncer, FileWatcher};
 use crate::worker::{self, SpawnContext};
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
+/// The file watcher's thread wakes the loop through a mio Waker on this token.
+const WATCH: Token = Token(2);
 /// Forks per loop turn: between batches the loop serves acks and clients, so a
 /// pool of thousands starts without starving the control socket.
 const SPAWN_BATCH: usize = 64;
@@ -76,6 +79,21 @@ impl MasterError {
             _ => 1,
         }
     }
+}
+
+/// Who wanted a watched file: a change rolls that pool, or reloads the config.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum WatchOwner {
+    Config,
+    Pool(String),
+}
+
+/// What a deadline in the loop's queue is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Deadline {
+    Pool(String),
+    /// The watcher's debounce quiet time.
+    Debounce,
 }
 
 /// How the master is winding down.
@@ -129,7 +147,9 @@ pub struct Master {
     poll: Poll,
     signals: Signals,
     pub(crate) control: ControlServer,
-    timers: TimerQueue<String>,
+    timers: TimerQueue<Deadline>,
+    watcher: Option<FileWatcher<WatchOwner>>,
+    debounce: Debouncer<WatchOwner>,
     pub(crate) started: Instant,
     pub(crate) pid: Pid,
     phase: Phase,
@@ -218,6 +238,8 @@ impl Master {
             signals,
             control,
             timers: TimerQueue::new(),
+            watcher: None,
+            debounce: Debouncer::new(crate::config::DEFAULT_DEBOUNCE),
             started: Instant::now(),
             pid: std::process::id() as Pid,
             phase: Phase::Running,
@@ -255,6 +277,7 @@ impl Master {
             self.pools.len(),
             self.control.path().display()
         );
+        self.start_watcher();
         let now = Instant::now();
         let names: Vec<String> = self.pools.keys().cloned().collect();
         for name in names {
@@ -283,6 +306,7 @@ impl Master {
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => self.on_signals(),
+                    WATCH => self.on_watch_events(),
                     CONTROL => {
                         for id in self.control.accept(self.poll.registry()) {
                             self.on_new_conn(id);
@@ -300,10 +324,15 @@ impl Master {
                 }
             }
             let now = Instant::now();
-            for name in self.timers.pop_due(now) {
-                if let Some(e) = self.pools.get_mut(&name) {
-                    let actions = e.pool.tick(now);
-                    self.execute(&name, actions);
+            for due in self.timers.pop_due(now) {
+                match due {
+                    Deadline::Pool(name) => {
+                        if let Some(e) = self.pools.get_mut(&name) {
+                            let actions = e.pool.tick(now);
+                            self.execute(&name, actions);
+                        }
+                    }
+                    Deadline::Debounce => self.on_debounced(now),
                 }
             }
             self.run_spawns(SPAWN_BATCH);
@@ -316,8 +345,129 @@ impl Master {
     fn rearm(&mut self) {
         for name in std::mem::take(&mut self.dirty) {
             if let Some(at) = self.pools.get(&name).and_then(|e| e.pool.next_deadline()) {
-                self.timers.arm(name, at);
+                self.timers.arm(Deadline::Pool(name), at);
             }
+        }
+    }
+
+    // ---- file watching ---------------------------------------------------------
+
+    /// Start the watcher thread (if enabled) and watch what the config names.
+    fn start_watcher(&mut self) {
+        if !self.config.watch.enabled {
+            log::info!("file watching is off");
+            return;
+        }
+        let waker = match mio::Waker::new(self.poll.registry(), WATCH) {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                log::error!("file watching disabled: could not create a waker: {e}");
+                return;
+            }
+        };
+        match FileWatcher::new(waker) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => {
+                log::error!("file watching disabled: {e}");
+                return;
+            }
+        }
+        self.watch_config();
+    }
+
+    /// (Re)compute the watched files: each pool's resolved executable and its
+    /// `watch` paths, and the config file.
+    fn watch_config(&mut self) {
+        self.debounce.set_delay(self.config.watch.debounce);
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let mut wanted: BTreeMap<PathBuf, Vec<WatchOwner>> = BTreeMap::new();
+        let mut add = |p: PathBuf, o: WatchOwner| wanted.entry(cwd.join(p)).or_default().push(o);
+        if let Some(src) = &self.config.source {
+            add(src.clone(), WatchOwner::Config);
+        }
+        for (name, pool) in &self.config.pools {
+            let owner = WatchOwner::Pool(name.clone());
+            let path_env = match pool.env.get("PATH") {
+                Some(p) => Some(std::ffi::OsString::from(p)),
+                None if pool.drop_env.iter().any(|v| v == "PATH") => None,
+                None => std::env::var_os("PATH"),
+            };
+            if let Some(cmd0) = pool.command.first() {
+                match resolve_executable(cmd0, pool.cwd.as_deref(), path_env.as_deref()) {
+                    Some(exe) => add(exe, owner.clone()),
+                    None => log::warn!("pool {name}: {cmd0:?} not found in PATH; not watching it"),
+                }
+            }
+            for w in &pool.watch {
+                add(w.clone(), owner.clone());
+            }
+        }
+        let n = wanted.len();
+        for problem in watcher.set(wanted) {
+            log::warn!("watch: {problem}");
+        }
+        log::debug!("watching {n} file(s) for changes");
+    }
+
+    fn on_watch_events(&mut self) {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let report = watcher.take_events();
+        for problem in report.problems {
+            log::warn!("watch: {problem}");
+        }
+        let now = Instant::now();
+        for change in report.changed {
+            for owner in change.owners {
+                let what = match &owner {
+                    WatchOwner::Config => "the configuration will be reloaded".to_string(),
+                    WatchOwner::Pool(p) => format!("pool {p} will roll"),
+                };
+                // One line per burst; the rest of a burst only at debug.
+                if self.debounce.is_pending(&owner) {
+                    log::debug!("watch: {} changed again", change.path.display());
+                } else {
+                    log::info!(
+                        "watch: {} changed; {what} after {:?} without further changes",
+                        change.path.display(),
+                        self.debounce.delay()
+                    );
+                }
+                self.debounce.event(owner, now);
+            }
+        }
+        if let Some(at) = self.debounce.next_deadline() {
+            self.timers.arm(Deadline::Debounce, at);
+        }
+    }
+
+    fn on_debounced(&mut self, now: Instant) {
+        let due = self.debounce.due(now);
+        // Reload first: it may roll pools itself, which then need no second roll.
+        let mut rolled = Vec::new();
+        if due.contains(&WatchOwner::Config) {
+            if let Ok((_, r)) = self.reload("config file changed") {
+                rolled = r;
+            }
+        }
+        for owner in due {
+            let WatchOwner::Pool(name) = owner else {
+                continue;
+            };
+            if rolled.contains(&name) || self.pools.get(&name).is_none_or(|e| e.removing) {
+                continue;
+            }
+            match self.start_upgrade(Some(&name), None, None) {
+                Ok(_) => self.note_change(&name, "rolled (a watched file changed)".into()),
+                Err(e) => log::warn!("watch: pool {name}: {e}"),
+            }
+        }
+        if let Some(at) = self.debounce.next_deadline() {
+            self.timers.arm(Deadline::Debounce, at);
         }
     }
 
@@ -943,6 +1093,10 @@ impl Master {
             parts.push(format!("unchanged {}", d.unchanged.join(", ")));
         }
         self.config = new;
+        for name in &d.removed {
+            self.debounce.cancel(&WatchOwner::Pool(name.clone()));
+        }
+        self.watch_config();
         let summary = format!(
             "Reloaded {}: {}",
             path.display(),
