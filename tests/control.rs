@@ -794,7 +794,6 @@ ack = "manual"
     });
     let t = Instant::now();
     assert_serving(&m, "a client that does not read");
-    eprintln!("TIMING status during pile-up: {:?}", t.elapsed());
     assert!(
         t.elapsed() < Duration::from_secs(1),
         "status took {:?} while another client's replies piled up",
@@ -816,6 +815,69 @@ ack = "manual"
     }
     assert!(bytes > 1 << 20, "only {bytes} bytes of replies");
     assert_serving(&m, "the slow client");
+}
+
+/// A client that pipelines requests and never reads must not make the master
+/// buffer replies without bound: once its queued replies pass a limit the master
+/// stops reading from it (the client's writes block), and resumes when it reads.
+#[test]
+fn a_client_that_never_reads_is_throttled_not_buffered() {
+    let mut m = Master::with_config(
+        "ctl-pipe",
+        r#"
+[control]
+socket = "{sock}"
+[pools.web]
+command = ["{worker}"]
+count = 1
+ack = "manual"
+"#,
+    );
+    m.wait_acked("web", 1);
+    let hwm_before = rss_kb(m.pid(), "VmHWM:");
+
+    // 16,000 `help` requests: about 20 MB of replies if all were queued.
+    let line = b"{\"command\":\"help\"}\n";
+    let n = 16_000;
+    let slow = connect(&m);
+    let mut w = slow.try_clone().expect("clone stream");
+    // The master stops reading: our writes stall. A stall of 2 s ends the writer.
+    w.set_write_timeout(Some(Duration::from_secs(2))).ok();
+    let writer = std::thread::spawn(move || {
+        let all = line.repeat(n);
+        let mut sent = 0;
+        while sent < all.len() {
+            match w.write(&all[sent..]) {
+                Ok(k) => sent += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    let sent = writer.join().expect("writer thread");
+    // Whatever the master has read, it has handled once it answers a later client.
+    assert_serving(&m, "a pipelining client");
+    let hwm = rss_kb(m.pid(), "VmHWM:");
+    assert!(
+        hwm < 20 * 1024,
+        "the master's peak RSS went from {hwm_before} kB to {hwm} kB \
+         for a client that sent {sent} bytes of requests and read nothing"
+    );
+    // Reading resumes the conversation: every complete request gets its reply.
+    let lines = sent / line.len();
+    let mut r = BufReader::new(slow);
+    for i in 0..lines {
+        let l = read_raw_line(&mut r);
+        let v = json_reply(&l);
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Commands")),
+            "reply {i}: {v}"
+        );
+    }
+    assert_serving(&m, "the pipelining client read its replies");
 }
 
 // ---- SO_PEERCRED -------------------------------------------------------------------------
