@@ -957,6 +957,14 @@ ack_timer = "50ms"
         "{r}"
     );
     wait_log(&m, "refused a connection from uid 65534");
+    // The client shows the master's refusal (not "broken pipe": the master
+    // hangs up at once, often before the client's request is written).
+    for _ in 0..5 {
+        let out = ctl_as_nobody(&m, "status");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("permission denied"), "{err}");
+    }
     assert_serving(&m, "a refused client");
     drop(m);
 
@@ -974,4 +982,23 @@ ack_timer = "50ms"
             .is_some_and(|s| s.contains("pool web")),
         "{r}"
     );
+    let out = ctl_as_nobody(&m, "inc");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.wait_acked("web", 2);
+}
+
+fn ctl_as_nobody(m: &Master, command: &str) -> Output {
+    Command::new(CTL)
+        .arg("-d")
+        .arg(&m.sock)
+        .arg(command)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run einhyrningsinsctl as uid 65534")
 }
