@@ -375,14 +375,15 @@ fn every_command_through_the_client_against_two_pools() {
     wait_versions(&mut m, "web", 2, 3);
     assert_eq!(versions(&m.state(), "api", "acked"), vec![2]);
 
-    // reload: not implemented yet; the reply must be a clear error.
-    // The reload issue changes this (it will apply the config difference).
-    let (code, out, err) = ctl(&m, &["reload"]);
-    assert_eq!(code, 1, "reload: {out} {err}");
+    // reload of an unchanged file: nothing to apply, nobody touched
+    // (tests/reload_watch.rs covers the differences).
+    let before = all_pids(&m.state());
+    let out = ctl_ok(&m, &["reload"]);
     assert!(
-        err.contains("reload") && err.contains("not available"),
-        "{err}"
+        out.contains("Reloaded") && out.contains("unchanged api, web"),
+        "{out}"
     );
+    assert_eq!(all_pids(&m.state()), before);
 
     // louder / quieter move the master's log level.
     let level = |m: &mut Master| m.state()["master"]["log_level"].as_str().map(String::from);
@@ -516,7 +517,7 @@ fn einhorn_yaml_requests_get_yaml_replies() {
         (b"---%0Aid: 7%0Acommand: state%0Aargs: []%0A\n", "\"pools\""),
         (b"---%0Aid: 7%0Acommand: louder%0Aargs: []%0A\n", "DEBUG"),
         (b"---%0Aid: 7%0Acommand: quieter%0Aargs: []%0A\n", "INFO"),
-        (b"---%0Aid: 7%0Acommand: reload%0Aargs: []%0A\n", "reload"),
+        (b"---%0Aid: 7%0Acommand: reload%0Aargs: []%0A\n", "Reloaded"),
     ] {
         let lines = exchange(&m, req);
         let r = yaml_reply(&lines[0]);
