@@ -401,6 +401,7 @@ fn upgrade_to_a_binary_that_exits_at_once_fails_and_old_keep_serving() {
     assert!(stderr.contains("Upgrade failed"), "{stderr}");
     assert!(stderr.contains("version 2 failed 3 time(s)"), "{stderr}");
     assert!(stderr.contains("old workers keep serving"), "{stderr}");
+    assert!(stderr.contains("exit status 1 before it acked"), "{stderr}");
 
     // Same workers, all acked, back at version 1; nothing else left running.
     assert_eq!(wait_settled_at(&mut m, "web", 4, 1), old);
@@ -443,10 +444,11 @@ fn a_version_that_never_acks_is_abandoned_after_retries() {
     let text = last["message"].as_str().unwrap_or("");
     assert!(text.contains("Upgrade failed"), "{text}");
     assert!(text.contains("version 2 failed 2 time(s)"), "{text}");
+    assert!(text.contains("did not ack within 300ms"), "{text}");
     assert_eq!(wait_settled_at(&mut m, "web", 2, 1), old);
     let log = m.log_text();
     assert_eq!(
-        log.matches("did not ack within 300ms").count(),
+        log.matches("did not ack within 300ms: killing it").count(),
         2,
         "expected two ack timeouts:\n{log}"
     );
