@@ -141,12 +141,14 @@ fn read_response(r: &mut BufReader<TcpStream>) -> Result<(String, bool), String>
 struct KeepAlive {
     addr: String,
     conn: Option<BufReader<TcpStream>>,
+    connects: Arc<AtomicU64>,
 }
 
 impl KeepAlive {
     fn get(&mut self) -> Outcome {
         if self.conn.is_none() {
             let s = TcpStream::connect(&self.addr).map_err(|e| format!("connect: {e}"))?;
+            self.connects.fetch_add(1, Ordering::SeqCst);
             s.set_read_timeout(Some(Duration::from_secs(10))).ok();
             self.conn = Some(BufReader::new(s));
         }
@@ -177,6 +179,8 @@ impl KeepAlive {
 struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
+    /// Connections opened by the keep-alive client.
+    connects: Arc<AtomicU64>,
     /// Version tags seen in answers.
     versions: Arc<Mutex<BTreeSet<String>>>,
     handle: Option<JoinHandle<Vec<String>>>,
@@ -190,12 +194,15 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let versions = Arc::new(Mutex::new(BTreeSet::new()));
+        let connects = Arc::new(AtomicU64::new(0));
         let (s, o, v, addr) = (stop.clone(), ok.clone(), versions.clone(), addr.to_string());
+        let c = connects.clone();
         let handle = std::thread::spawn(move || {
             let mut failures = Vec::new();
             let mut ka = KeepAlive {
                 addr: addr.clone(),
                 conn: None,
+                connects: c,
             };
             while !s.load(Ordering::SeqCst) {
                 let res = if keep_alive {
@@ -218,6 +225,7 @@ impl Load {
         Load {
             stop,
             ok,
+            connects,
             versions,
             handle: Some(handle),
             what: if keep_alive {
@@ -372,6 +380,14 @@ fn smooth_upgrades_under_load_lose_no_request() {
     let v3 = wait_settled_at(&mut m, "web", 4, 3);
     assert!(v2.is_disjoint(&v3), "old pids survived: {v2:?} {v3:?}");
 
+    // The keep-alive client did reuse its connections (it reconnects only when a
+    // retired worker answers with `Connection: close`).
+    let connects = ka.connects.load(Ordering::SeqCst);
+    assert!(
+        connects * 4 < ka.ok(),
+        "{connects} connections for {} requests",
+        ka.ok()
+    );
     for load in [fresh, ka] {
         let what = load.what;
         let (ok, failures) = load.finish();
