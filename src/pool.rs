@@ -362,7 +362,7 @@ impl Pool {
             Err(e) => {
                 log::error!("pool {}: could not spawn worker: {}", self.name, e);
                 if let Some(w) = self.remove(id) {
-                    self.count_failure(&w, now, &mut out);
+                    self.count_failure(&w, &format!("could not spawn: {e}"), now, &mut out);
                 }
             }
         }
@@ -430,11 +430,16 @@ impl Pool {
                     reason.as_str()
                 );
                 if *reason == StopReason::AckTimeout {
-                    self.count_failure(&w, now, &mut out);
+                    let cause = format!("pid {pid} did not ack within {:?}", w.spec.ack_timeout);
+                    self.count_failure(&w, &cause, now, &mut out);
                 }
             }
             _ => {
                 let ever_acked = w.acked_at.is_some();
+                let cause = format!(
+                    "pid {pid} {how}{}",
+                    if ever_acked { "" } else { " before it acked" }
+                );
                 log::warn!(
                     "pool {}: worker pid {} (index {}, version {}) died unexpectedly: {}{}",
                     self.name,
@@ -450,13 +455,13 @@ impl Pool {
                         .as_ref()
                         .is_some_and(|_| w.version == self.target.0);
                     if in_upgrade {
-                        self.count_failure(&w, now, &mut out);
+                        self.count_failure(&w, &cause, now, &mut out);
                     } else {
                         let at = now + w.spec.respawn_delay;
                         self.set_respawn_at(at.max(self.respawn_at.unwrap_or(at)));
                     }
                 } else {
-                    self.count_failure(&w, now, &mut out);
+                    self.count_failure(&w, &cause, now, &mut out);
                 }
             }
         }
@@ -742,7 +747,9 @@ impl Pool {
     }
 
     /// A worker died before it acked, or a new version died during its upgrade.
-    fn count_failure(&mut self, w: &Worker, now: Instant, out: &mut Vec<Action>) {
+    /// `cause` (pid and exit status, ack timeout, spawn error) ends up in the
+    /// failed upgrade's reply: the operator learns why without reading the log.
+    fn count_failure(&mut self, w: &Worker, cause: &str, now: Instant, out: &mut Vec<Action>) {
         self.failures = self.failures.saturating_add(1);
         let delay = backoff(w.spec.respawn_delay, self.failures);
         self.set_respawn_at(now + delay);
@@ -753,8 +760,8 @@ impl Pool {
                 if up.failures >= limit {
                     if let Some(up) = self.upgrade.take() {
                         let why = format!(
-                            "version {} failed {} time(s) (last: worker {} before it was ready); old workers keep serving",
-                            w.version, up.failures, if w.acked_at.is_some() { "died" } else { "died or timed out" }
+                            "version {} failed {} time(s) (last: {cause}); old workers keep serving",
+                            w.version, up.failures
                         );
                         self.finish_upgrade(up, Err(why), now, out);
                     }

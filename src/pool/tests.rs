@@ -546,6 +546,8 @@ fn a_crashing_new_version_is_abandoned_after_retries_and_old_workers_keep_servin
         panic!("expected failure")
     };
     assert!(why.contains("failed 3 time"), "{why}");
+    // The reply says why: which pid, how it ended.
+    assert!(why.contains("exit status 0 before it acked"), "{why}");
     assert_eq!(s.acked_pids(), old, "old workers untouched");
     assert!(s.draining_pids().is_empty());
     assert_eq!(s.pool.version(), 1, "back to the old version");
@@ -572,7 +574,10 @@ fn ack_timeout_of_new_workers_abandons_the_upgrade() {
             assert!(s.run_next_deadline(), "stuck");
         }
     }
-    assert!(matches!(s.final_outcome(id), Some(Err(_))));
+    let Some(Err(why)) = s.final_outcome(id) else {
+        panic!("expected failure")
+    };
+    assert!(why.contains("did not ack within 5s"), "{why}");
     assert_eq!(s.acked_pids(), old);
 }
 

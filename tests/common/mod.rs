@@ -340,3 +340,78 @@ pub fn alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+impl Master {
+    /// Like [`Master::with_config`], but first writes `files` (name, text) into the
+    /// temp dir, with the same `{sock}`/`{worker}`/`{dir}` expansion: wrapper
+    /// scripts the pool's command points at, which a test later swaps to make the
+    /// "new version" behave differently.
+    pub fn with_config_files(tag: &str, toml: &str, files: &[(&str, &str)]) -> Master {
+        let dir = TempDir::new(tag);
+        let sock = dir.join("ctl.sock");
+        for (name, text) in files {
+            put_file(&dir, &sock, name, text);
+        }
+        let text = expand(toml, &dir, &sock);
+        let cfg = dir.join("app.toml");
+        std::fs::write(&cfg, text).expect("write config");
+        let cfg_s = cfg.to_string_lossy().into_owned();
+        Master::spawn(dir, sock, &["--config", &cfg_s])
+    }
+
+    /// Replace a file in the temp dir atomically (write, then rename), with
+    /// expansion: what a deploy does to the binary before asking for an upgrade.
+    pub fn put_file(&self, name: &str, text: &str) {
+        put_file(&self.dir, &self.sock, name, text);
+    }
+
+    /// The first bound address of `pool`, as `state` reports it (after port 0
+    /// resolution).
+    pub fn addr(&mut self, pool: &str) -> String {
+        let st = self.state();
+        st["pools"][pool]["binds"][0]
+            .as_str()
+            .unwrap_or_else(|| panic!("pool {pool} has no bind in state: {st}"))
+            .to_string()
+    }
+}
+
+fn put_file(dir: &TempDir, sock: &Path, name: &str, text: &str) {
+    let tmp = dir.join(&format!(".{name}.tmp"));
+    std::fs::write(&tmp, expand(text, dir, sock)).expect("write file");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename file into place");
+}
+
+/// One JSON request to the control socket at `sock`; every reply line up to the
+/// final one. Usable from threads that do not own the [`Master`].
+pub fn request_at(sock: &Path, req: &Value) -> Vec<Value> {
+    let mut s = UnixStream::connect(sock).expect("connect control socket");
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let mut line = req.to_string();
+    line.push('\n');
+    s.write_all(line.as_bytes()).expect("send request");
+    let mut out = Vec::new();
+    let mut r = BufReader::new(s);
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap_or(0) == 0 {
+            return out;
+        }
+        let v: Value = serde_json::from_str(&l).expect("reply is JSON");
+        let more = v.get("wait").and_then(Value::as_bool).unwrap_or(false);
+        out.push(v);
+        if !more {
+            return out;
+        }
+    }
+}
+
+/// The `state` dump from the control socket at `sock` (for sampler threads).
+pub fn state_at(sock: &Path) -> Value {
+    let replies = request_at(sock, &serde_json::json!({"command": "state"}));
+    let msg = replies
+        .last()
+        .and_then(|v| v["message"].as_str())
+        .expect("state reply has a message");
+    serde_json::from_str(msg).expect("state is JSON")
+}
