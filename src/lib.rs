@@ -16,5 +16,6 @@ pub mod control;
 pub mod log;
 pub mod master;
 pub mod pool;
+pub mod sdnotify;
 pub mod timer;
 pub mod worker;
