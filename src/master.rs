@@ -152,6 +152,8 @@ pub struct Master {
     pub(crate) last_reload: Option<ReloadRecord>,
     _lock: Option<File>,
     pidfile: Option<PathBuf>,
+    /// systemd notifications (src/sdnotify.rs).
+    sd: crate::sdnotify::Supervisor,
 }
 
 impl Master {
@@ -231,6 +233,7 @@ impl Master {
             last_reload: None,
             _lock: lock,
             pidfile,
+            sd: crate::sdnotify::Supervisor::from_env(),
         })
     }
 
@@ -266,6 +269,7 @@ impl Master {
         let mut events = Events::with_capacity(256);
         loop {
             self.rearm();
+            self.sd_turn();
             if self.exit_now || (self.phase == Phase::Draining && self.pools.is_empty()) {
                 break;
             }
@@ -310,6 +314,14 @@ impl Master {
         }
         log::info!("einhyrningsins (pid {}) exiting", self.pid);
         Ok(0)
+    }
+
+    /// systemd: READY/STATUS/WATCHDOG as due (src/sdnotify.rs), woken by the queue.
+    fn sd_turn(&mut self) {
+        let snap = crate::sdnotify::Snapshot::of(&self.pools, self.is_shutting_down());
+        if let Some(at) = self.sd.turn(Instant::now(), &snap) {
+            self.timers.arm(crate::sdnotify::TIMER_KEY.to_string(), at);
+        }
     }
 
     /// Re-arm the loop's wake-up for pools whose deadlines may have moved.
@@ -612,6 +624,7 @@ impl Master {
     }
 
     pub(crate) fn shutdown(&mut self, how: Shutdown) {
+        self.sd.stopping();
         self.phase = Phase::Draining;
         let now = Instant::now();
         let names: Vec<String> = self.pools.keys().cloned().collect();
@@ -708,6 +721,12 @@ impl Master {
     /// HUP: re-read the config (with `--config`), then roll every pool the reload
     /// did not already roll.
     fn on_hup(&mut self) {
+        let sd_reload = self.sd.begin_reload();
+        self.on_hup_inner();
+        self.sd.end_reload(sd_reload);
+    }
+
+    fn on_hup_inner(&mut self) {
         let mut rolled = Vec::new();
         if self.config.source.is_some() {
             match self.reload("SIGHUP") {
@@ -747,7 +766,9 @@ impl Master {
     /// pools are not touched. Nothing is applied unless the whole new file is valid
     /// and every new address binds. Returns a summary and the pools rolled.
     pub(crate) fn reload(&mut self, trigger: &str) -> Result<(String, Vec<String>), String> {
+        let sd_reload = self.sd.begin_reload();
         let result = self.reload_inner(trigger);
+        self.sd.end_reload(sd_reload);
         let record = ReloadRecord {
             at: Instant::now(),
             trigger: trigger.to_string(),
