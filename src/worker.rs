@@ -68,6 +68,10 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
             cmd.env_remove(&key);
         }
     }
+    // The service manager talks to the master, not to workers (src/sdnotify.rs).
+    for var in crate::sdnotify::SYSTEMD_VARS {
+        cmd.env_remove(var);
+    }
     for var in &spec.drop_env {
         cmd.env_remove(var);
     }
