@@ -9,6 +9,7 @@
 //! carries out their actions; `control` speaks the einhorn-compatible control
 //! protocol on a unix socket.
 
+pub mod activation;
 pub mod bind;
 pub mod cli;
 pub mod config;
