@@ -166,15 +166,21 @@ impl Master {
         };
         let control = ControlServer::bind(&config.control.socket, config.control.mode)?;
         let mut pools = BTreeMap::new();
+        // systemd socket activation: inherited fds first (src/activation.rs).
+        let mut inherited = crate::activation::Inherited::from_env();
         for (name, spec) in &config.pools {
             let mut sockets = Vec::new();
             for (i, b) in spec.binds.iter().enumerate() {
-                let sock =
-                    bind::bind(b, bind::DEFAULT_BACKLOG).map_err(|source| MasterError::Bind {
-                        pool: name.clone(),
-                        location: config.locate(&format!("pools.{name}.binds[{i}]")),
-                        source,
-                    })?;
+                let sock = match inherited.take(name, b) {
+                    Some(s) => s,
+                    None => bind::bind(b, bind::DEFAULT_BACKLOG).map_err(|source| {
+                        MasterError::Bind {
+                            pool: name.clone(),
+                            location: config.locate(&format!("pools.{name}.binds[{i}]")),
+                            source,
+                        }
+                    })?,
+                };
                 log::info!("pool {name}: listening on {}", sock.local_addr());
                 sockets.push(sock);
             }
@@ -183,6 +189,7 @@ impl Master {
                 PoolEntry::new(Pool::new(Arc::new(spec.clone())), sockets),
             );
         }
+        inherited.finish();
         let pidfile = match &config.master.pidfile {
             Some(p) => {
                 write_pidfile(p)?;
