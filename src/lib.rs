@@ -16,6 +16,7 @@ pub mod config;
 pub mod control;
 pub mod log;
 pub mod master;
+pub mod notify_ack;
 pub mod pool;
 pub mod sdnotify;
 pub mod timer;
