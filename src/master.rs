@@ -154,6 +154,8 @@ pub struct Master {
     pidfile: Option<PathBuf>,
     /// systemd notifications (src/sdnotify.rs).
     sd: crate::sdnotify::Supervisor,
+    /// `ack = "notify"`: the workers' NOTIFY_SOCKET, bound on first use (src/notify_ack.rs).
+    pub(crate) notify_ack: Option<crate::notify_ack::WorkerNotify>,
 }
 
 impl Master {
@@ -241,6 +243,7 @@ impl Master {
             _lock: lock,
             pidfile,
             sd: crate::sdnotify::Supervisor::from_env(),
+            notify_ack: None,
         })
     }
 
@@ -299,6 +302,7 @@ impl Master {
                             self.on_new_conn(id);
                         }
                     }
+                    crate::notify_ack::TOKEN => self.on_worker_notify(),
                     Token(t) if t >= CONN_BASE => {
                         if ev.is_writable() {
                             self.control.flush(self.poll.registry(), t);
@@ -504,12 +508,18 @@ impl Master {
                 Err(e) => return Err(format!("could not create the -g socketpair: {e}")),
             }
         }
+        let notify = if spec.ack == crate::config::AckMode::Notify {
+            self.worker_notify_address()
+        } else {
+            None
+        };
         let ctx = SpawnContext {
             sockets: &fds,
             control_path: self.control.path(),
             master_pid: self.pid,
             index,
             control_fd: pair.as_ref().map(|(_, t)| t.as_raw_fd()),
+            notify_socket: notify.as_deref(),
         };
         let pid = worker::spawn(spec, &ctx).map_err(|e| e.to_string())?;
         if let Some((ours, _theirs)) = pair {
@@ -1065,6 +1075,10 @@ impl Master {
         if !self.control.is_open(id) {
             self.forget_conn(id);
         }
+    }
+
+    pub(crate) fn registry(&self) -> &mio::Registry {
+        self.poll.registry()
     }
 
     pub(crate) fn rolling_uptime(&self) -> Duration {
