@@ -312,6 +312,7 @@ impl Master {
                 match p.spec().ack {
                     AckMode::Timer => "timer",
                     AckMode::Manual => "manual",
+                    AckMode::Notify => "notify",
                 },
                 binds.join(", ")
             );
@@ -381,6 +382,9 @@ impl Master {
                     },
                     ping.trim_end()
                 );
+                if let Some(st) = &w.notify_status {
+                    let _ = writeln!(s, "  {:>8} status: {st}", "");
+                }
             }
         }
         s
@@ -419,6 +423,7 @@ impl Master {
                             "secs_ago": secs(now.saturating_duration_since(*t)),
                             "request_id": r,
                         })),
+                        "notify_status": w.notify_status,
                     })
                 })
                 .collect();
