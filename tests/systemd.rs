@@ -336,3 +336,164 @@ binds = ["127.0.0.1:{port},r", "127.0.0.1:0,name=admin"]
     m2.signal(libc::SIGINT);
     assert!(m2.wait_exit(Duration::from_secs(20)).success());
 }
+
+#[test]
+fn systemd_protocol_worker_gets_fds_from_3_and_its_own_listen_pid() {
+    let (p1, p2) = (free_port(), free_port());
+    let mut m = Master::with_config(
+        "sdworker",
+        &format!(
+            r#"
+[control]
+socket = "{{sock}}"
+[pools.sd]
+command = ["{{worker}}"]
+count = 1
+socket_protocol = ["systemd"]
+binds = ["127.0.0.1:{p1},r", "127.0.0.1:{p2},r,name=admin"]
+[pools.both]
+command = ["{{worker}}"]
+count = 1
+socket_protocol = ["einhorn", "systemd"]
+binds = ["127.0.0.1:0"]
+"#
+        ),
+    );
+    let pid = m.wait_acked("sd", 1)[0];
+    let a = format!("127.0.0.1:{p1}");
+    let env = |name: &str| http_get_status(&a, &format!("/env/{name}")).expect("worker answers");
+    // The worker found its sockets through LISTEN_* alone: LISTEN_PID is its pid.
+    assert_eq!(env("LISTEN_PID"), (200, format!("{pid}\n")));
+    assert_eq!(env("LISTEN_FDS"), (200, "2\n".into()));
+    assert_eq!(env("LISTEN_FDNAMES"), (200, "sd:admin\n".into()));
+    assert_eq!(env("EINHORN_FD_COUNT").0, 404, "systemd-only pool");
+    assert_eq!(passed_sockets(&a), vec![3, 4]);
+    let (code, body) = http_get_status(&format!("127.0.0.1:{p2}"), "/").expect("fd 4 serves");
+    assert_eq!(code, 200);
+    assert!(body.starts_with(&format!("pid={pid} ")), "{body}");
+
+    // Both protocols: the einhorn variables name the same fds, 3...
+    let both = m.wait_acked("both", 1)[0];
+    let out = std::fs::read_to_string(format!("/proc/{both}/environ")).expect("environ");
+    let vars: Vec<&str> = out.split('\0').collect();
+    assert!(vars.contains(&"EINHORN_FD_0=3"), "{vars:?}");
+    assert!(vars.contains(&"LISTEN_FDS=1"), "{vars:?}");
+    assert!(
+        vars.contains(&format!("LISTEN_PID={both}").as_str()),
+        "{vars:?}"
+    );
+    m.signal(libc::SIGINT);
+    assert!(m.wait_exit(Duration::from_secs(20)).success());
+}
+
+/// A worker written for systemd's Type=notify, in Python: it speaks only
+/// NOTIFY_SOCKET. Its behaviour is steered by files in the test dir.
+const NOTIFY_WORKER: &str = r#"
+import os, socket, sys, time
+d = sys.argv[1]
+me = os.getpid()
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+def send(m):
+    s.sendto(m.encode(), addr)
+def wait_file(name):
+    while not os.path.exists(os.path.join(d, name)):
+        time.sleep(0.01)
+# A child process tries to ack for us: the kernel stamps its own pid.
+child = os.fork()
+if child == 0:
+    send("READY=1")
+    os._exit(0)
+os.waitpid(child, 0)
+send("STATUS=child sent")
+wait_file("go")
+send("READY=1\nSTATUS=serving")
+while True:
+    if os.path.exists(os.path.join(d, "stop-%d" % me)):
+        send("STOPPING=1")
+        time.sleep(30)
+    if not os.path.exists(os.path.join(d, "hang-%d" % me)):
+        send("WATCHDOG=1")
+    time.sleep(0.05)
+"#;
+
+#[test]
+fn notify_acking_worker_ready_status_watchdog_and_stopping() {
+    let (dir, sock, cfg) = Master::prepare_config(
+        "notifyack",
+        r#"
+[control]
+socket = "{sock}"
+[pools.n]
+command = ["python3", "{dir}/worker.py", "{dir}"]
+count = 1
+ack = "notify"
+ack_timeout = "20s"
+watchdog = "500ms"
+stop_timeout = "2s"
+"#,
+    );
+    std::fs::write(dir.join("worker.py"), NOTIFY_WORKER).expect("write worker");
+    let d = dir.path().to_path_buf();
+    let mut m = Master::from_command(dir, sock, master_cmd(&cfg));
+    let t = Duration::from_secs(30);
+    let worker = |m: &mut Master| -> Option<serde_json::Value> {
+        m.state()["pools"]["n"]["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["state"] != "draining")
+            .cloned()
+    };
+    // The child's READY=1 came first on the socket; once the parent's STATUS is
+    // seen, it has been handled: rejected, the worker is still unacked.
+    let w = wait_for("STATUS=child sent", t, || {
+        worker(&mut m).filter(|w| w["notify_status"] == "child sent")
+    });
+    assert_eq!(
+        w["state"], "unacked",
+        "another pid acked for the worker: {w}"
+    );
+    let pid = w["pid"].as_i64().expect("pid");
+
+    std::fs::write(d.join("go"), "").expect("go");
+    let w = wait_for("READY=1 to ack the worker", t, || {
+        worker(&mut m).filter(|w| w["state"] == "acked" && w["notify_status"] == "serving")
+    });
+    assert_eq!(w["pid"].as_i64(), Some(pid));
+    let (msg, _) = m.cmd("status", &[], None);
+    assert!(msg.contains("status: serving"), "{msg}");
+
+    // It stops pinging: killed and replaced.
+    std::fs::write(d.join(format!("hang-{pid}")), "").expect("hang");
+    let w = wait_for("a replacement after the watchdog miss", t, || {
+        worker(&mut m).filter(|w| w["state"] == "acked" && w["pid"].as_i64() != Some(pid))
+    });
+    assert!(!alive(pid as i32), "the hung worker is still alive");
+    assert!(
+        m.log_text().contains("sent no WATCHDOG=1"),
+        "{}",
+        m.log_text()
+    );
+    let pid2 = w["pid"].as_i64().expect("pid");
+
+    // STOPPING=1: draining at once, a replacement starts.
+    std::fs::write(d.join(format!("stop-{pid2}")), "").expect("stop");
+    wait_for("the stopping worker to be draining", t, || {
+        let st = m.state();
+        let ws = st["pools"]["n"]["workers"].as_array()?.clone();
+        ws.iter()
+            .any(|w| {
+                w["pid"].as_i64() == Some(pid2)
+                    && w["state"] == "draining"
+                    && w["stop_reason"] == "worker said STOPPING=1"
+            })
+            .then_some(())
+    });
+    wait_for("a replacement for the stopping worker", t, || {
+        worker(&mut m).filter(|w| w["state"] == "acked" && w["pid"].as_i64() != Some(pid2))
+    });
+    m.signal(libc::SIGTERM);
+    assert!(m.wait_exit(t).success());
+}
