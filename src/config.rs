@@ -85,6 +85,8 @@ pub struct MasterConfig {
     pub pidfile: Option<PathBuf>,
     pub lockfile: Option<PathBuf>,
     pub command_name: Option<String>,
+    /// `--subreaper` / `subreaper = true`: reap orphaned grandchildren (PR_SET_CHILD_SUBREAPER).
+    pub subreaper: bool,
 }
 
 /// How a worker proves it is ready.
@@ -805,7 +807,7 @@ const TOP_KEYS: &[&str] = &["control", "log", "watch", "master", "pools"];
 const CONTROL_KEYS: &[&str] = &["socket", "mode", "allow_uids"];
 const LOG_KEYS: &[&str] = &["level", "syslog"];
 const WATCH_KEYS: &[&str] = &["enabled", "debounce"];
-const MASTER_KEYS: &[&str] = &["pidfile", "lockfile", "command_name"];
+const MASTER_KEYS: &[&str] = &["pidfile", "lockfile", "command_name", "subreaper"];
 const POOL_KEYS: &[&str] = &[
     "command",
     "count",
@@ -1149,6 +1151,11 @@ impl Walker<'_> {
                 "pidfile" => out.pidfile = self.path(&key, v),
                 "lockfile" => out.lockfile = self.path(&key, v),
                 "command_name" => out.command_name = self.string(&key, v),
+                "subreaper" => {
+                    if let Some(b) = self.boolean(&key, v) {
+                        out.subreaper = b;
+                    }
+                }
                 _ => self.unknown("master", &name, kspan, MASTER_KEYS),
             }
         }
