@@ -221,6 +221,15 @@ impl Master {
         if let Some(name) = &config.master.command_name {
             set_process_name(name);
         }
+        if config.master.subreaper {
+            // SAFETY: prctl with integer arguments only.
+            if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == -1 {
+                log::warn!(
+                    "--subreaper: PR_SET_CHILD_SUBREAPER failed: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
         Ok(Master {
             config,
             pools,
