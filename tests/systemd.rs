@@ -497,3 +497,147 @@ stop_timeout = "2s"
     m.signal(libc::SIGTERM);
     assert!(m.wait_exit(t).success());
 }
+
+#[test]
+fn check_command_is_a_readiness_probe() {
+    let m = Master::with_config(
+        "check",
+        r#"
+[control]
+socket = "{sock}"
+[pools.web]
+command = ["{worker}"]
+count = 1
+ack = "manual"
+[pools.slow]
+command = ["{worker}", "--no-ack"]
+count = 1
+ack = "manual"
+"#,
+    );
+    let t = Duration::from_secs(20);
+    // web acks, slow never does: not ready.
+    wait_for("web to ack", t, || {
+        let (msg, _) = m.cmd("check", &[], None);
+        msg.contains("web 1/1 acked").then_some(())
+    });
+    let out = m.ctl(&["-e", "check"]);
+    assert!(!out.status.success(), "ready with slow unacked: {out:?}");
+    let (msg, err) = m.cmd("check", &[], None);
+    assert!(err && msg.starts_with("not ready: "), "{msg}");
+    let (msg, err) = m.cmd("set_workers", &["0"], Some("slow"));
+    assert!(!err, "{msg}");
+    wait_for("check to pass", t, || {
+        m.ctl(&["-e", "check"]).status.success().then_some(())
+    });
+}
+
+/// Zombie children of `parent`.
+fn zombies_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                let rest: Vec<&str> = s
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                rest.first() == Some(&"Z") && rest.get(1) == Some(&parent.to_string().as_str())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn as_pid_1_in_a_pid_namespace_orphans_are_reaped_quietly() {
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: unshare --pid --fork --mount-proc is not allowed here");
+        return;
+    }
+    let (dir, sock, cfg) = Master::prepare_config(
+        "pid1",
+        r#"
+[control]
+socket = "{sock}"
+[log]
+level = "debug"
+[pools.w]
+# The subshell starts a short sleep and exits: the sleep is orphaned, re-parented
+# to PID 1 (the master), and exits in turn.
+command = ["sh", "-c", "for i in 1 2 3; do ( sleep 0.1 & ); done; exec sleep 1000"]
+count = 2
+ack_timer = "100ms"
+"#,
+    );
+    let mut cmd = Command::new("unshare");
+    // --kill-child: if the test dies, the namespace's PID 1 and all in it die too.
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        MASTER,
+        "--config",
+    ])
+    .arg(&cfg)
+    .env_remove("NOTIFY_SOCKET");
+    let mut m = Master::from_command(dir, sock, cmd);
+    // Worker pids are namespace pids here: never let the harness record (and
+    // later SIGKILL) them on the host. Read the state without recording.
+    let state = |m: &Master| -> serde_json::Value {
+        let (msg, _) = m.cmd("state", &[], None);
+        serde_json::from_str(&msg).unwrap_or_default()
+    };
+    let acked = |m: &Master| {
+        let st = state(m);
+        st["pools"]["w"]["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.len() == 2 && ws.iter().all(|w| w["state"] == "acked"))
+    };
+    wait_for("2 acked workers", Duration::from_secs(20), || {
+        acked(&m).then_some(())
+    });
+    let unshare_pid = m.pid();
+    let master_host_pid = wait_for("the master under unshare", Duration::from_secs(10), || {
+        std::fs::read_dir("/proc").ok()?.find_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: i32 = s
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == unshare_pid).then_some(pid)
+        })
+    });
+    let st = state(&m);
+    assert_eq!(
+        st["master"]["pid"].as_i64(),
+        Some(1),
+        "the master is PID 1 in its namespace: {st}"
+    );
+    // Six orphans were re-parented to the master and exited: all reaped, none
+    // taken for a worker.
+    wait_for(
+        "orphans reaped (debug log)",
+        Duration::from_secs(20),
+        || (m.log_text().matches("not a worker").count() >= 6).then_some(()),
+    );
+    assert!(zombies_of(master_host_pid).is_empty());
+    let log = m.log_text();
+    assert!(!log.contains("died unexpectedly"), "{log}");
+    assert!(acked(&m));
+    // SIGTERM to PID 1 (as a container runtime does): a graceful stop.
+    unsafe {
+        libc::kill(master_host_pid, libc::SIGTERM);
+    }
+    assert!(m.wait_exit(Duration::from_secs(20)).success());
+}
