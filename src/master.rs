@@ -94,6 +94,9 @@ enum Deadline {
     Pool(String),
     /// The watcher's debounce quiet time.
     Debounce,
+    /// systemd notifications (STATUS rate limit, WATCHDOG): handled by
+    /// `sd_turn`, which runs every loop turn.
+    SdNotify,
 }
 
 /// How the master is winding down.
@@ -172,6 +175,10 @@ pub struct Master {
     pub(crate) last_reload: Option<ReloadRecord>,
     _lock: Option<File>,
     pidfile: Option<PathBuf>,
+    /// systemd notifications (src/sdnotify.rs).
+    sd: crate::sdnotify::Supervisor,
+    /// `ack = "notify"`: the workers' NOTIFY_SOCKET, bound on first use (src/notify_ack.rs).
+    pub(crate) notify_ack: Option<crate::notify_ack::WorkerNotify>,
 }
 
 impl Master {
@@ -184,15 +191,21 @@ impl Master {
         };
         let control = ControlServer::bind(&config.control.socket, config.control.mode)?;
         let mut pools = BTreeMap::new();
+        // systemd socket activation: inherited fds first (src/activation.rs).
+        let mut inherited = crate::activation::Inherited::from_env();
         for (name, spec) in &config.pools {
             let mut sockets = Vec::new();
             for (i, b) in spec.binds.iter().enumerate() {
-                let sock =
-                    bind::bind(b, bind::DEFAULT_BACKLOG).map_err(|source| MasterError::Bind {
-                        pool: name.clone(),
-                        location: config.locate(&format!("pools.{name}.binds[{i}]")),
-                        source,
-                    })?;
+                let sock = match inherited.take(name, b) {
+                    Some(s) => s,
+                    None => bind::bind(b, bind::DEFAULT_BACKLOG).map_err(|source| {
+                        MasterError::Bind {
+                            pool: name.clone(),
+                            location: config.locate(&format!("pools.{name}.binds[{i}]")),
+                            source,
+                        }
+                    })?,
+                };
                 log::info!("pool {name}: listening on {}", sock.local_addr());
                 sockets.push(sock);
             }
@@ -201,6 +214,7 @@ impl Master {
                 PoolEntry::new(Pool::new(Arc::new(spec.clone())), sockets),
             );
         }
+        inherited.finish();
         let pidfile = match &config.master.pidfile {
             Some(p) => {
                 write_pidfile(p)?;
@@ -230,6 +244,15 @@ impl Master {
         if let Some(name) = &config.master.command_name {
             set_process_name(name);
         }
+        if config.master.subreaper {
+            // SAFETY: prctl with integer arguments only.
+            if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == -1 {
+                log::warn!(
+                    "--subreaper: PR_SET_CHILD_SUBREAPER failed: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
         Ok(Master {
             config,
             pools,
@@ -253,6 +276,8 @@ impl Master {
             last_reload: None,
             _lock: lock,
             pidfile,
+            sd: crate::sdnotify::Supervisor::from_env(),
+            notify_ack: None,
         })
     }
 
@@ -289,6 +314,7 @@ impl Master {
         let mut events = Events::with_capacity(256);
         loop {
             self.rearm();
+            self.sd_turn();
             if self.exit_now || (self.phase == Phase::Draining && self.pools.is_empty()) {
                 break;
             }
@@ -312,6 +338,7 @@ impl Master {
                             self.on_new_conn(id);
                         }
                     }
+                    crate::notify_ack::TOKEN => self.on_worker_notify(),
                     Token(t) if t >= CONN_BASE => {
                         if ev.is_writable() {
                             self.control.flush(self.poll.registry(), t);
@@ -333,12 +360,25 @@ impl Master {
                         }
                     }
                     Deadline::Debounce => self.on_debounced(now),
+                    Deadline::SdNotify => {}
                 }
             }
             self.run_spawns(SPAWN_BATCH);
         }
         log::info!("einhyrningsins (pid {}) exiting", self.pid);
         Ok(0)
+    }
+
+    /// systemd: READY/STATUS/WATCHDOG as due (src/sdnotify.rs), woken by the queue.
+    fn sd_turn(&mut self) {
+        // Not under systemd: nothing to summarise (this runs every loop turn).
+        if !self.sd.active() {
+            return;
+        }
+        let snap = crate::sdnotify::Snapshot::of(&self.pools, self.is_shutting_down());
+        if let Some(at) = self.sd.turn(Instant::now(), &snap) {
+            self.timers.arm(Deadline::SdNotify, at);
+        }
     }
 
     /// Re-arm the loop's wake-up for pools whose deadlines may have moved.
@@ -635,12 +675,18 @@ impl Master {
                 Err(e) => return Err(format!("could not create the -g socketpair: {e}")),
             }
         }
+        let notify = if spec.ack == crate::config::AckMode::Notify {
+            self.worker_notify_address()
+        } else {
+            None
+        };
         let ctx = SpawnContext {
             sockets: &fds,
             control_path: self.control.path(),
             master_pid: self.pid,
             index,
             control_fd: pair.as_ref().map(|(_, t)| t.as_raw_fd()),
+            notify_socket: notify.as_deref(),
         };
         let pid = worker::spawn(spec, &ctx).map_err(|e| e.to_string())?;
         if let Some((ours, _theirs)) = pair {
@@ -770,6 +816,7 @@ impl Master {
     }
 
     pub(crate) fn shutdown(&mut self, how: Shutdown) {
+        self.sd.stopping();
         self.phase = Phase::Draining;
         let now = Instant::now();
         let names: Vec<String> = self.pools.keys().cloned().collect();
@@ -866,6 +913,12 @@ impl Master {
     /// HUP: re-read the config (with `--config`), then roll every pool the reload
     /// did not already roll.
     fn on_hup(&mut self) {
+        let sd_reload = self.sd.begin_reload();
+        self.on_hup_inner();
+        self.sd.end_reload(sd_reload);
+    }
+
+    fn on_hup_inner(&mut self) {
         let mut rolled = Vec::new();
         if self.config.source.is_some() {
             match self.reload("SIGHUP") {
@@ -905,7 +958,9 @@ impl Master {
     /// pools are not touched. Nothing is applied unless the whole new file is valid
     /// and every new address binds. Returns a summary and the pools rolled.
     pub(crate) fn reload(&mut self, trigger: &str) -> Result<(String, Vec<String>), String> {
+        let sd_reload = self.sd.begin_reload();
         let result = self.reload_inner(trigger);
+        self.sd.end_reload(sd_reload);
         let record = ReloadRecord {
             at: Instant::now(),
             trigger: trigger.to_string(),
@@ -1199,6 +1254,10 @@ impl Master {
         if !self.control.is_open(id) {
             self.forget_conn(id);
         }
+    }
+
+    pub(crate) fn registry(&self) -> &mio::Registry {
+        self.poll.registry()
     }
 
     pub(crate) fn rolling_uptime(&self) -> Duration {

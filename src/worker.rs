@@ -28,6 +28,8 @@ pub struct SpawnContext<'a> {
     pub index: u32,
     /// `-g`: the child end of a socketpair connected to the control server.
     pub control_fd: Option<RawFd>,
+    /// `ack = "notify"`: the master's worker NOTIFY_SOCKET (`crate::notify_ack`).
+    pub notify_socket: Option<&'a str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +62,22 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
             pool: spec.name.clone(),
         });
     };
-    let mut cmd = Command::new(program);
+    // systemd socket protocol: sockets move to 3.. (planned here, before the fork)
+    // and the worker starts through the LISTEN_PID trampoline (src/activation.rs).
+    let systemd = spec.socket_protocol.systemd;
+    let (plan, socket_fds, control_fd) = if systemd {
+        let (plan, s, c) = crate::activation::FdPlan::new(ctx.sockets, ctx.control_fd);
+        (Some(plan), s, c)
+    } else {
+        (None, ctx.sockets.to_vec(), ctx.control_fd)
+    };
+    let mut cmd = if systemd {
+        let mut c = Command::new("/proc/self/exe");
+        c.arg(crate::activation::TRAMPOLINE_ARG).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
     cmd.args(args);
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
@@ -68,17 +85,39 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
             cmd.env_remove(&key);
         }
     }
+    // The service manager talks to the master, not to workers (src/sdnotify.rs).
+    for var in crate::sdnotify::SYSTEMD_VARS {
+        cmd.env_remove(var);
+    }
     for var in &spec.drop_env {
         cmd.env_remove(var);
     }
-    let fds: Vec<String> = ctx.sockets.iter().map(|fd| fd.to_string()).collect();
-    cmd.env("EINHORN_FD_COUNT", fds.len().to_string());
-    for (i, fd) in fds.iter().enumerate() {
-        cmd.env(format!("EINHORN_FD_{i}"), fd);
+    let fds: Vec<String> = socket_fds.iter().map(|fd| fd.to_string()).collect();
+    if spec.socket_protocol.einhorn {
+        cmd.env("EINHORN_FD_COUNT", fds.len().to_string());
+        for (i, fd) in fds.iter().enumerate() {
+            cmd.env(format!("EINHORN_FD_{i}"), fd);
+        }
+        cmd.env("EINHORN_FDS", fds.join(" "));
     }
-    cmd.env("EINHORN_FDS", fds.join(" "));
+    if systemd {
+        cmd.env("LISTEN_FDS", fds.len().to_string());
+        cmd.env(
+            "LISTEN_FDNAMES",
+            crate::activation::fd_names(&spec.name, &spec.binds),
+        );
+    }
+    if let Some(path) = ctx
+        .notify_socket
+        .filter(|_| spec.ack == crate::config::AckMode::Notify)
+    {
+        cmd.env("NOTIFY_SOCKET", path);
+        if let Some(w) = spec.watchdog {
+            cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
+        }
+    }
     cmd.env("EINHORN_SOCK_PATH", ctx.control_path);
-    if let Some(fd) = ctx.control_fd {
+    if let Some(fd) = control_fd {
         cmd.env("EINHORN_SOCK_FD", fd.to_string());
     }
     cmd.env("EINHORN_MASTER_PID", ctx.master_pid.to_string());
@@ -102,7 +141,10 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
     // captured by copy; it allocates nothing and takes no lock.
     unsafe {
         cmd.pre_exec(move || {
-            for &fd in &inherit {
+            if let Some(plan) = &plan {
+                plan.apply()?;
+            }
+            for &fd in inherit.iter().filter(|_| plan.is_none()) {
                 if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                     return Err(io::Error::last_os_error());
                 }

@@ -2765,7 +2765,11 @@ mod tests {
         };
         for (name, make) in shapes {
             let (small, big) = (make(cap / 64), make(cap));
-            assert!(big.len() <= cap + 16, "{name}: input of {} bytes", big.len());
+            assert!(
+                big.len() <= cap + 16,
+                "{name}: input of {} bytes",
+                big.len()
+            );
             let (mut ts, mut tb) = (std::time::Duration::MAX, std::time::Duration::MAX);
             for _ in 0..5 {
                 ts = ts.min(time(&small));

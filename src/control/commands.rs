@@ -20,6 +20,10 @@ use crate::pool::{Pool, Shutdown, WorkerState};
 pub const COMMANDS: &[(&str, &str)] = &[
     ("ehlo", "say hello (einhornsh does this on connect)"),
     ("help", "this list"),
+    (
+        "check",
+        "readiness probe: ok only when every pool has its count acked (systemd, Kubernetes)",
+    ),
     ("status", "human-readable table of pools and workers"),
     (
         "state",
@@ -124,6 +128,15 @@ impl Master {
                 self.pid
             )),
             "help" => Outcome::Ok(help()),
+            // Readiness probe (src/sdnotify.rs builds the same summary as STATUS=).
+            "check" => {
+                let snap = crate::sdnotify::Snapshot::of(&self.pools, self.is_shutting_down());
+                if snap.settled && !snap.shutting_down {
+                    Outcome::Ok(format!("ready: {}", snap.status))
+                } else {
+                    Outcome::Err(format!("not ready: {}", snap.status))
+                }
+            }
             "version" => Outcome::Ok(format!("einhyrningsins {}", env!("CARGO_PKG_VERSION"))),
             "status" => match self.select(pool) {
                 // No trailing spaces: YAML replies then stay readable `|` blocks.
@@ -338,6 +351,7 @@ impl Master {
                 match p.spec().ack {
                     AckMode::Timer => "timer",
                     AckMode::Manual => "manual",
+                    AckMode::Notify => "notify",
                 },
                 binds.join(", ")
             );
@@ -407,6 +421,9 @@ impl Master {
                     },
                     ping.trim_end()
                 );
+                if let Some(st) = &w.notify_status {
+                    let _ = writeln!(s, "  {:>8} status: {st}", "");
+                }
             }
         }
         s
@@ -445,6 +462,7 @@ impl Master {
                             "secs_ago": secs(now.saturating_duration_since(*t)),
                             "request_id": r,
                         })),
+                        "notify_status": w.notify_status,
                     })
                 })
                 .collect();

@@ -677,3 +677,80 @@ fn backoff_grows_by_half_and_caps() {
     assert_eq!(backoff(S, 100), MAX_RESPAWN_DELAY);
     assert_eq!(backoff(Duration::ZERO, 5), Duration::ZERO);
 }
+
+// ---- ack = "notify": READY, WATCHDOG, STOPPING (crate::notify_ack) ----------
+
+fn notify_spec(watchdog: Option<Duration>) -> PoolConfig {
+    let mut p = spec(1);
+    p.ack = AckMode::Notify;
+    p.ack_timeout = 10 * S;
+    p.watchdog = watchdog;
+    p
+}
+
+#[test]
+fn notify_mode_waits_for_ready_like_manual() -> Result<(), PoolError> {
+    let mut sim = Sim::new(notify_spec(None));
+    let pid = sim.pids(|_| true)[0];
+    sim.advance(5 * S);
+    assert_eq!(
+        sim.pool.acked(),
+        0,
+        "time alone does not ack in notify mode"
+    );
+    let a = sim.pool.ack(pid, sim.now)?;
+    sim.apply(a);
+    assert_eq!(sim.pool.acked(), 1);
+    // No watchdog configured: no deadline left.
+    assert_eq!(sim.pool.next_deadline(), None);
+    Ok(())
+}
+
+#[test]
+fn watchdog_pings_keep_a_worker_and_a_miss_replaces_it() -> Result<(), PoolError> {
+    let mut sim = Sim::new(notify_spec(Some(2 * S)));
+    let pid = sim.pids(|_| true)[0];
+    let a = sim.pool.ack(pid, sim.now)?;
+    sim.apply(a);
+    for _ in 0..5 {
+        sim.advance(S);
+        sim.pool.watchdog_ping(pid, sim.now)?;
+    }
+    assert!(sim.pool.worker_by_pid(pid).is_some_and(Worker::is_acked));
+    sim.advance(2 * S);
+    assert_eq!(sim.signals.get(&pid), Some(&vec![Signal::SIGKILL]));
+    assert!(matches!(
+        sim.pool.worker_by_pid(pid).map(|w| &w.state),
+        Some(WorkerState::Draining {
+            reason: StopReason::Watchdog,
+            ..
+        })
+    ));
+    // A replacement was spawned at once.
+    assert_eq!(sim.pids(|w| !w.is_draining()).len(), 1);
+    Ok(())
+}
+
+#[test]
+fn stopping_drains_without_a_signal_and_starts_a_replacement() -> Result<(), PoolError> {
+    let mut sim = Sim::new(notify_spec(None));
+    let pid = sim.pids(|_| true)[0];
+    let a = sim.pool.ack(pid, sim.now)?;
+    sim.apply(a);
+    sim.pool.notify_status(pid, "busy".into())?;
+    assert_eq!(
+        sim.pool
+            .worker_by_pid(pid)
+            .and_then(|w| w.notify_status.clone()),
+        Some("busy".to_string())
+    );
+    let a = sim.pool.worker_stopping(pid, sim.now)?;
+    sim.apply(a);
+    assert_eq!(sim.signals.get(&pid), None, "it is stopping already");
+    assert_eq!(sim.pids(|w| !w.is_draining()).len(), 1);
+    // Still alive after stop_timeout: SIGKILL.
+    sim.advance(sim.pool.spec().stop_timeout);
+    assert_eq!(sim.signals.get(&pid), Some(&vec![Signal::SIGKILL]));
+    assert!(sim.pool.worker_stopping(4242, sim.now).is_err());
+    Ok(())
+}

@@ -415,3 +415,77 @@ pub fn state_at(sock: &Path) -> Value {
         .expect("state reply has a message");
     serde_json::from_str(msg).expect("state is JSON")
 }
+
+impl Master {
+    /// Start a master from a prepared command (extra env, inherited fds, a
+    /// trampoline...). The command's stdout/stderr go to the log; waits for the
+    /// control socket `sock`.
+    pub fn from_command(dir: TempDir, sock: PathBuf, mut cmd: Command) -> Master {
+        let log = dir.join("master.log");
+        let logf = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("create log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().expect("dup log"))
+            .stderr(logf)
+            .spawn()
+            .expect("spawn master");
+        let mut m = Master {
+            child: Some(child),
+            dir,
+            sock,
+            log,
+            seen_pids: Vec::new(),
+        };
+        let sock = m.sock.clone();
+        wait_for("the control socket", Duration::from_secs(10), || {
+            if let Some(st) = m.try_exit() {
+                panic!("master exited early ({st}); log:\n{}", m.log_text());
+            }
+            UnixStream::connect(&sock).ok()
+        });
+        m
+    }
+
+    /// Write a TOML config (same `{sock}`/`{worker}`/`{dir}` expansion as
+    /// [`Master::with_config`]) into a fresh temp dir; returns the dir, the control
+    /// socket path and the config path, for [`Master::from_command`].
+    pub fn prepare_config(tag: &str, toml: &str) -> (TempDir, PathBuf, PathBuf) {
+        let dir = TempDir::new(tag);
+        let sock = dir.join("ctl.sock");
+        let text = expand(toml, &dir, &sock);
+        let cfg = dir.join("app.toml");
+        std::fs::write(&cfg, text).expect("write config");
+        (dir, sock, cfg)
+    }
+
+    /// Hand the master process over (e.g. to wait for it elsewhere); the guard
+    /// still kills the workers it saw.
+    pub fn take_child(&mut self) -> Option<Child> {
+        self.child.take()
+    }
+}
+
+/// `GET path` returning the status line's code and the body (any status).
+pub fn http_get_status(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        code,
+        resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    ))
+}
