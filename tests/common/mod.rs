@@ -117,11 +117,38 @@ impl Master {
         Master::spawn(dir, sock, &all)
     }
 
+    /// [`Master::with_config`] with extra variables in the master's environment.
+    pub fn with_config_env(tag: &str, toml: &str, env: &[(&str, &str)]) -> Master {
+        let dir = TempDir::new(tag);
+        let sock = dir.join("ctl.sock");
+        let text = expand(toml, &dir, &sock);
+        let cfg = dir.join("app.toml");
+        std::fs::write(&cfg, text).expect("write config");
+        let cfg_s = cfg.to_string_lossy().into_owned();
+        Master::spawn_env(dir, sock, &["--config", &cfg_s], env)
+    }
+
+    /// [`Master::with_args`] with the control socket at `sock` (which may outlive
+    /// this master, e.g. to test a stale socket file) instead of in the temp dir.
+    pub fn with_args_at(tag: &str, sock: &Path, args: &[&str]) -> Master {
+        let dir = TempDir::new(tag);
+        let sock_s = sock.to_string_lossy().into_owned();
+        let mut all = vec!["-d", &sock_s];
+        let expanded: Vec<String> = args.iter().map(|a| expand(a, &dir, sock)).collect();
+        all.extend(expanded.iter().map(String::as_str));
+        Master::spawn_env(dir, sock.to_path_buf(), &all, &[])
+    }
+
     fn spawn(dir: TempDir, sock: PathBuf, args: &[&str]) -> Master {
+        Master::spawn_env(dir, sock, args, &[])
+    }
+
+    fn spawn_env(dir: TempDir, sock: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Master {
         let log = dir.join("master.log");
         let logf = std::fs::File::create(&log).expect("create log");
         let child = Command::new(MASTER)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("dup log"))
             .stderr(logf)
@@ -255,6 +282,26 @@ impl Master {
         st
     }
 
+    /// SIGKILL the master (its workers are not touched) and reap it.
+    pub fn kill_hard(&mut self) -> ExitStatus {
+        let _ = self.state_quiet();
+        let mut c = self.child.take().expect("master already exited");
+        c.kill().expect("SIGKILL the master");
+        c.wait().expect("reap the master")
+    }
+
+    /// Wait until the log contains `needle`; the whole log.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        wait_for(
+            &format!("{needle:?} in the log {}", self.log.display()),
+            timeout,
+            || {
+                let t = self.log_text();
+                t.contains(needle).then_some(t)
+            },
+        )
+    }
+
     pub fn signal(&self, sig: i32) {
         unsafe {
             libc::kill(self.pid(), sig);
@@ -339,4 +386,82 @@ pub fn alive(pid: i32) -> bool {
             .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
+}
+
+/// Run the master (or any program) that is expected to exit by itself, e.g. on a
+/// bad configuration; panics (after killing it) if it is still running after
+/// `timeout`. Returns the exit status, stdout and stderr.
+pub fn run_to_exit(
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> (ExitStatus, String, String) {
+    let dir = TempDir::new("run");
+    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("create stdout file"))
+        .stderr(std::fs::File::create(&err).expect("create stderr file"))
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{program} {args:?} still running after {timeout:?}; stderr:\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (
+        status,
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        std::fs::read_to_string(&err).unwrap_or_default(),
+    )
+}
+
+/// The local TCP port of socket `fd` in process `pid` (via /proc), if it is a
+/// TCP socket: which bind an inherited fd number really is.
+pub fn tcp_port_of_fd(pid: i32, fd: i32) -> Option<u16> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let inode = link
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .to_string();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.get(9) == Some(&inode.as_str()) {
+                let port = cols.get(1)?.rsplit(':').next()?;
+                return u16::from_str_radix(port, 16).ok();
+            }
+        }
+    }
+    None
+}
+
+/// Timestamps (ms since midnight UTC) of log lines containing `needle`, in order.
+/// The master's log lines start with an RFC 3339 timestamp with milliseconds.
+pub fn log_times(log: &str, needle: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            let ts = l.split_whitespace().next()?;
+            let time = ts.split('T').nth(1)?.trim_end_matches('Z');
+            let mut it = time.split(':');
+            let h: u64 = it.next()?.parse().ok()?;
+            let m: u64 = it.next()?.parse().ok()?;
+            let s: f64 = it.next()?.parse().ok()?;
+            Some((h * 3600 + m * 60) * 1000 + (s * 1000.0).round() as u64)
+        })
+        .collect()
 }
