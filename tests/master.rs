@@ -692,6 +692,11 @@ fn sigquit_quits_every_worker_and_exits_at_once() {
         ],
     );
     let pids = m.wait_acked("main", 1);
+    // The trap is set once the shell has exec'd sleep.
+    wait_for("the worker to exec sleep", Duration::from_secs(10), || {
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", pids[0])).ok()?;
+        (comm.trim() == "sleep").then_some(())
+    });
     m.signal(libc::SIGQUIT);
     assert!(m.wait_exit(Duration::from_secs(5)).success());
     assert!(m
