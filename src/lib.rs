@@ -17,4 +17,5 @@ pub mod log;
 pub mod master;
 pub mod pool;
 pub mod timer;
+pub mod watch;
 pub mod worker;

@@ -33,10 +33,16 @@ use crate::control::codec::{self, Encoding, Reply};
 use crate::control::server::{ConnId, ControlError, ControlServer, Input, CONN_BASE};
 use crate::pool::{Action, Pid, Pool, Shutdown, UpgradeId};
 use crate::timer::TimerQueue;
+use crate::watch::{resolve_executable, Debouncer, FileWatcher};
 use crate::worker::{self, SpawnContext};
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
+/// The file watcher's thread wakes the loop through a mio Waker on this token.
+const WATCH: Token = Token(2);
+/// Forks per loop turn: between batches the loop serves acks and clients, so a
+/// pool of thousands starts without starving the control socket.
+const SPAWN_BATCH: usize = 64;
 
 /// Fatal startup errors, each naming what failed.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +81,21 @@ impl MasterError {
     }
 }
 
+/// Who wanted a watched file: a change rolls that pool, or reloads the config.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum WatchOwner {
+    Config,
+    Pool(String),
+}
+
+/// What a deadline in the loop's queue is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Deadline {
+    Pool(String),
+    /// The watcher's debounce quiet time.
+    Debounce,
+}
+
 /// How the master is winding down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -86,6 +107,28 @@ enum Phase {
 pub(crate) struct PoolEntry {
     pub(crate) pool: Pool,
     pub(crate) sockets: Vec<BoundSocket>,
+    /// Removed from the config: draining, dropped (sockets closed) once empty.
+    pub(crate) removing: bool,
+    /// Last roll, reload or scale of this pool: when, and what and why.
+    pub(crate) last_change: Option<(Instant, String)>,
+}
+
+impl PoolEntry {
+    fn new(pool: Pool, sockets: Vec<BoundSocket>) -> PoolEntry {
+        PoolEntry {
+            pool,
+            sockets,
+            removing: false,
+            last_change: None,
+        }
+    }
+}
+
+/// Outcome of the last reload, for `status`.
+pub(crate) struct ReloadRecord {
+    pub(crate) at: Instant,
+    pub(crate) trigger: String,
+    pub(crate) result: Result<String, String>,
 }
 
 /// A client waiting for the end of one or more upgrades.
@@ -104,7 +147,9 @@ pub struct Master {
     poll: Poll,
     signals: Signals,
     pub(crate) control: ControlServer,
-    timers: TimerQueue<String>,
+    timers: TimerQueue<Deadline>,
+    watcher: Option<FileWatcher<WatchOwner>>,
+    debounce: Debouncer<WatchOwner>,
     pub(crate) started: Instant,
     pub(crate) pid: Pid,
     phase: Phase,
@@ -114,9 +159,17 @@ pub struct Master {
     pub(crate) waiters: HashMap<u64, Waiter>,
     waiter_of: HashMap<(String, UpgradeId), u64>,
     next_waiter: u64,
+    /// Spawns waiting for their fork: (pool, worker id, slot index, spec).
+    spawn_queue: std::collections::VecDeque<(
+        String,
+        crate::pool::WorkerId,
+        u32,
+        Arc<crate::config::PoolConfig>,
+    )>,
     /// Pools whose deadlines may have changed since the last loop turn.
     dirty: HashSet<String>,
     exit_now: bool,
+    pub(crate) last_reload: Option<ReloadRecord>,
     _lock: Option<File>,
     pidfile: Option<PathBuf>,
 }
@@ -145,10 +198,7 @@ impl Master {
             }
             pools.insert(
                 name.clone(),
-                PoolEntry {
-                    pool: Pool::new(Arc::new(spec.clone())),
-                    sockets,
-                },
+                PoolEntry::new(Pool::new(Arc::new(spec.clone())), sockets),
             );
         }
         let pidfile = match &config.master.pidfile {
@@ -188,6 +238,8 @@ impl Master {
             signals,
             control,
             timers: TimerQueue::new(),
+            watcher: None,
+            debounce: Debouncer::new(crate::config::DEFAULT_DEBOUNCE),
             started: Instant::now(),
             pid: std::process::id() as Pid,
             phase: Phase::Running,
@@ -196,7 +248,9 @@ impl Master {
             waiter_of: HashMap::new(),
             next_waiter: 1,
             dirty: HashSet::new(),
+            spawn_queue: std::collections::VecDeque::new(),
             exit_now: false,
+            last_reload: None,
             _lock: lock,
             pidfile,
         })
@@ -223,6 +277,7 @@ impl Master {
             self.pools.len(),
             self.control.path().display()
         );
+        self.start_watcher();
         let now = Instant::now();
         let names: Vec<String> = self.pools.keys().cloned().collect();
         for name in names {
@@ -237,7 +292,11 @@ impl Master {
             if self.exit_now || (self.phase == Phase::Draining && self.pools.is_empty()) {
                 break;
             }
-            let timeout = self.timers.poll_timeout(Instant::now());
+            let timeout = if self.spawn_queue.is_empty() {
+                self.timers.poll_timeout(Instant::now())
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -247,6 +306,7 @@ impl Master {
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => self.on_signals(),
+                    WATCH => self.on_watch_events(),
                     CONTROL => {
                         for id in self.control.accept(self.poll.registry()) {
                             self.on_new_conn(id);
@@ -264,12 +324,18 @@ impl Master {
                 }
             }
             let now = Instant::now();
-            for name in self.timers.pop_due(now) {
-                if let Some(e) = self.pools.get_mut(&name) {
-                    let actions = e.pool.tick(now);
-                    self.execute(&name, actions);
+            for due in self.timers.pop_due(now) {
+                match due {
+                    Deadline::Pool(name) => {
+                        if let Some(e) = self.pools.get_mut(&name) {
+                            let actions = e.pool.tick(now);
+                            self.execute(&name, actions);
+                        }
+                    }
+                    Deadline::Debounce => self.on_debounced(now),
                 }
             }
+            self.run_spawns(SPAWN_BATCH);
         }
         log::info!("einhyrningsins (pid {}) exiting", self.pid);
         Ok(0)
@@ -279,8 +345,129 @@ impl Master {
     fn rearm(&mut self) {
         for name in std::mem::take(&mut self.dirty) {
             if let Some(at) = self.pools.get(&name).and_then(|e| e.pool.next_deadline()) {
-                self.timers.arm(name, at);
+                self.timers.arm(Deadline::Pool(name), at);
             }
+        }
+    }
+
+    // ---- file watching ---------------------------------------------------------
+
+    /// Start the watcher thread (if enabled) and watch what the config names.
+    fn start_watcher(&mut self) {
+        if !self.config.watch.enabled {
+            log::info!("file watching is off");
+            return;
+        }
+        let waker = match mio::Waker::new(self.poll.registry(), WATCH) {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                log::error!("file watching disabled: could not create a waker: {e}");
+                return;
+            }
+        };
+        match FileWatcher::new(waker) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => {
+                log::error!("file watching disabled: {e}");
+                return;
+            }
+        }
+        self.watch_config();
+    }
+
+    /// (Re)compute the watched files: each pool's resolved executable and its
+    /// `watch` paths, and the config file.
+    fn watch_config(&mut self) {
+        self.debounce.set_delay(self.config.watch.debounce);
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let mut wanted: BTreeMap<PathBuf, Vec<WatchOwner>> = BTreeMap::new();
+        let mut add = |p: PathBuf, o: WatchOwner| wanted.entry(cwd.join(p)).or_default().push(o);
+        if let Some(src) = &self.config.source {
+            add(src.clone(), WatchOwner::Config);
+        }
+        for (name, pool) in &self.config.pools {
+            let owner = WatchOwner::Pool(name.clone());
+            let path_env = match pool.env.get("PATH") {
+                Some(p) => Some(std::ffi::OsString::from(p)),
+                None if pool.drop_env.iter().any(|v| v == "PATH") => None,
+                None => std::env::var_os("PATH"),
+            };
+            if let Some(cmd0) = pool.command.first() {
+                match resolve_executable(cmd0, pool.cwd.as_deref(), path_env.as_deref()) {
+                    Some(exe) => add(exe, owner.clone()),
+                    None => log::warn!("pool {name}: {cmd0:?} not found in PATH; not watching it"),
+                }
+            }
+            for w in &pool.watch {
+                add(w.clone(), owner.clone());
+            }
+        }
+        let n = wanted.len();
+        for problem in watcher.set(wanted) {
+            log::warn!("watch: {problem}");
+        }
+        log::debug!("watching {n} file(s) for changes");
+    }
+
+    fn on_watch_events(&mut self) {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let report = watcher.take_events();
+        for problem in report.problems {
+            log::warn!("watch: {problem}");
+        }
+        let now = Instant::now();
+        for change in report.changed {
+            for owner in change.owners {
+                let what = match &owner {
+                    WatchOwner::Config => "the configuration will be reloaded".to_string(),
+                    WatchOwner::Pool(p) => format!("pool {p} will roll"),
+                };
+                // One line per burst; the rest of a burst only at debug.
+                if self.debounce.is_pending(&owner) {
+                    log::debug!("watch: {} changed again", change.path.display());
+                } else {
+                    log::info!(
+                        "watch: {} changed; {what} after {:?} without further changes",
+                        change.path.display(),
+                        self.debounce.delay()
+                    );
+                }
+                self.debounce.event(owner, now);
+            }
+        }
+        if let Some(at) = self.debounce.next_deadline() {
+            self.timers.arm(Deadline::Debounce, at);
+        }
+    }
+
+    fn on_debounced(&mut self, now: Instant) {
+        let due = self.debounce.due(now);
+        // Reload first: it may roll pools itself, which then need no second roll.
+        let mut rolled = Vec::new();
+        if due.contains(&WatchOwner::Config) {
+            if let Ok((_, r)) = self.reload("config file changed") {
+                rolled = r;
+            }
+        }
+        for owner in due {
+            let WatchOwner::Pool(name) = owner else {
+                continue;
+            };
+            if rolled.contains(&name) || self.pools.get(&name).is_none_or(|e| e.removing) {
+                continue;
+            }
+            match self.start_upgrade(Some(&name), None, None) {
+                Ok(_) => self.note_change(&name, "rolled (a watched file changed)".into()),
+                Err(e) => log::warn!("watch: pool {name}: {e}"),
+            }
+        }
+        if let Some(at) = self.debounce.next_deadline() {
+            self.timers.arm(Deadline::Debounce, at);
         }
     }
 
@@ -291,12 +478,7 @@ impl Master {
         for sig in pending {
             match sig {
                 sigs::SIGCHLD => self.reap(),
-                sigs::SIGHUP => {
-                    log::info!("SIGHUP: smooth upgrade of every pool");
-                    if let Err(e) = self.start_upgrade(None, None, None) {
-                        log::warn!("SIGHUP: {e}");
-                    }
-                }
+                sigs::SIGHUP => self.on_hup(),
                 sigs::SIGINT | sigs::SIGUSR2 => {
                     self.stop_requests += 1;
                     let how = match self.stop_requests {
@@ -375,15 +557,9 @@ impl Master {
                     index,
                     spec,
                     ..
-                } => {
-                    let result = self.spawn(name, index, &spec);
-                    if let Ok(pid) = result {
-                        self.pid_pool.insert(pid, name.to_string());
-                    }
-                    if let Some(e) = self.pools.get_mut(name) {
-                        queue.extend(e.pool.spawned(worker, result, Instant::now()));
-                    }
-                }
+                } => self
+                    .spawn_queue
+                    .push_back((name.to_string(), worker, index, spec)),
                 Action::Signal { pid, signal } => {
                     // The pid is not reaped yet (the pool forgets workers when
                     // reaped), so it cannot have been reused.
@@ -397,13 +573,47 @@ impl Master {
                     outcome,
                 } => self.progress(name, upgrade, message, outcome),
                 Action::Stopped => {
-                    if self.phase == Phase::Draining {
+                    let removing = self.pools.get(name).is_some_and(|e| e.removing);
+                    if self.phase == Phase::Draining || removing {
+                        if removing {
+                            log::info!("pool {name}: removed; its sockets are closed");
+                        }
                         self.pools.remove(name);
+                        self.timers_forget(name);
+                        return;
                     }
                 }
             }
         }
         self.dirty.insert(name.to_string());
+    }
+
+    /// Fork up to `budget` queued workers.
+    fn run_spawns(&mut self, budget: usize) {
+        for _ in 0..budget {
+            let Some((name, worker, index, spec)) = self.spawn_queue.pop_front() else {
+                return;
+            };
+            let wanted = self
+                .pools
+                .get_mut(&name)
+                .is_some_and(|e| e.pool.wants_spawn(worker));
+            if !wanted {
+                if let Some(e) = self.pools.get_mut(&name) {
+                    let actions = e.pool.spawn_dropped(Instant::now());
+                    self.execute(&name, actions);
+                }
+                continue;
+            }
+            let result = self.spawn(&name, index, &spec);
+            if let Ok(pid) = result {
+                self.pid_pool.insert(pid, name.clone());
+            }
+            if let Some(e) = self.pools.get_mut(&name) {
+                let actions = e.pool.spawned(worker, result, Instant::now());
+                self.execute(&name, actions);
+            }
+        }
     }
 
     fn spawn(
@@ -436,8 +646,9 @@ impl Master {
         if let Some((ours, _theirs)) = pair {
             if ours.set_nonblocking(true).is_ok() {
                 let stream = mio::net::UnixStream::from_std(ours);
-                if let Err(e) = self.control.adopt(self.poll.registry(), stream) {
-                    log::warn!("pool {name}: could not register the -g connection: {e}");
+                match self.control.adopt(self.poll.registry(), stream) {
+                    Ok(id) => self.control.set_persistent(id),
+                    Err(e) => log::warn!("pool {name}: could not register the -g connection: {e}"),
                 }
             }
         }
@@ -482,6 +693,9 @@ impl Master {
                 };
                 let bytes = codec::encode(&reply, w.encoding);
                 self.control.write(self.poll.registry(), w.conn, &bytes);
+                if self.control.peer_eof(w.conn) {
+                    self.control.close_after_flush(self.poll.registry(), w.conn);
+                }
             }
         }
     }
@@ -502,7 +716,12 @@ impl Master {
         let names: Vec<String> = match pool {
             Some(p) if self.pools.contains_key(p) => vec![p.to_string()],
             Some(p) => return Err(self.unknown_pool(p)),
-            None => self.pools.keys().cloned().collect(),
+            None => self
+                .pools
+                .iter()
+                .filter(|(_, e)| !e.removing)
+                .map(|(n, _)| n.clone())
+                .collect(),
         };
         let wid = self.next_waiter;
         self.next_waiter += 1;
@@ -647,6 +866,257 @@ impl Master {
         let actions = e.pool.ack(pid, Instant::now()).map_err(|e| e.to_string())?;
         self.execute(&name, actions);
         Ok(())
+    }
+
+    fn timers_forget(&mut self, name: &str) {
+        self.dirty.remove(name);
+    }
+
+    /// HUP: re-read the config (with `--config`), then roll every pool the reload
+    /// did not already roll.
+    fn on_hup(&mut self) {
+        let mut rolled = Vec::new();
+        if self.config.source.is_some() {
+            match self.reload("SIGHUP") {
+                Ok((summary, r)) => {
+                    log::info!("SIGHUP: {summary}");
+                    rolled = r;
+                }
+                Err(e) => log::error!("SIGHUP: config not reloaded, running one unchanged: {e}"),
+            }
+        }
+        if self.phase != Phase::Running {
+            return;
+        }
+        log::info!("SIGHUP: smooth upgrade of every pool");
+        let names: Vec<String> = self
+            .pools
+            .iter()
+            .filter(|(n, e)| !e.removing && !rolled.contains(n))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            if let Err(e) = self.start_upgrade(Some(&name), None, None) {
+                log::warn!("SIGHUP: pool {name}: {e}");
+            }
+            self.note_change(&name, "upgrade (SIGHUP)".into());
+        }
+    }
+
+    pub(crate) fn note_change(&mut self, name: &str, what: String) {
+        if let Some(e) = self.pools.get_mut(name) {
+            e.last_change = Some((Instant::now(), what));
+        }
+    }
+
+    /// Re-read the config file and apply the difference: new pools start,
+    /// removed pools drain, count changes scale, changed pools roll, unchanged
+    /// pools are not touched. Nothing is applied unless the whole new file is valid
+    /// and every new address binds. Returns a summary and the pools rolled.
+    pub(crate) fn reload(&mut self, trigger: &str) -> Result<(String, Vec<String>), String> {
+        let result = self.reload_inner(trigger);
+        let record = ReloadRecord {
+            at: Instant::now(),
+            trigger: trigger.to_string(),
+            result: result
+                .as_ref()
+                .map(|(s, _)| s.clone())
+                .map_err(Clone::clone),
+        };
+        self.last_reload = Some(record);
+        if let Err(e) = &result {
+            log::error!("reload ({trigger}) refused, configuration unchanged:\n{e}");
+        }
+        result
+    }
+
+    fn reload_inner(&mut self, trigger: &str) -> Result<(String, Vec<String>), String> {
+        if self.phase != Phase::Running {
+            return Err("the master is shutting down".into());
+        }
+        let Some(path) = self.config.source.clone() else {
+            return Err(
+                "reload needs --config (this master was started from the command line)".into(),
+            );
+        };
+        let mut new = Config::load(&path).map_err(|e| e.to_string())?;
+        // The control socket and the master's files stay as started.
+        if new.control != self.config.control || new.master != self.config.master {
+            log::warn!("reload: [control] and [master] changes need a restart; kept as running");
+        }
+        new.control = self.config.control.clone();
+        new.master = self.config.master.clone();
+        let d = crate::config::diff(&self.config, &new);
+
+        // Sockets for every added or rolled pool: a running socket with the same
+        // address is kept (no moment without a listener), others are bound anew;
+        // all or nothing. Port-0 binds are only kept by their own pool: each one
+        // is a different port.
+        enum Src {
+            Take(String),
+            New(BoundSocket),
+        }
+        let rebinding: Vec<String> = d
+            .added
+            .iter()
+            .chain(d.rolled.iter().map(|(n, _)| n))
+            .cloned()
+            .collect();
+        let mut plans: HashMap<String, Vec<Src>> = HashMap::new();
+        for name in &rebinding {
+            let Some(spec) = new.pools.get(name) else {
+                continue;
+            };
+            let mut plan = Vec::new();
+            for (i, b) in spec.binds.iter().enumerate() {
+                let key = b.addr_text();
+                let ephemeral = matches!(b.addr, crate::bind::BindAddr::Inet { port: 0, .. });
+                let owner = self.pools.iter().find(|(n, e)| {
+                    (!ephemeral || *n == name) && e.sockets.iter().any(|s| s.key() == key)
+                });
+                match owner {
+                    Some((owner, _)) => plan.push(Src::Take(owner.clone())),
+                    None => {
+                        let s = bind::bind(b, bind::DEFAULT_BACKLOG).map_err(|e| {
+                            format!(
+                                "{}: pool {name}: {e}",
+                                new.locate(&format!("pools.{name}.binds[{i}]"))
+                            )
+                        })?;
+                        plan.push(Src::New(s));
+                    }
+                }
+            }
+            plans.insert(name.clone(), plan);
+        }
+        // Past this point nothing fails.
+        let mut sockets_for: HashMap<String, Vec<BoundSocket>> = HashMap::new();
+        for name in &rebinding {
+            let Some(spec) = new.pools.get(name) else {
+                continue;
+            };
+            let mut sockets = Vec::new();
+            for (b, src) in spec
+                .binds
+                .iter()
+                .zip(plans.remove(name).unwrap_or_default())
+            {
+                let sock = match src {
+                    Src::New(s) => Some(s),
+                    Src::Take(owner) => self.pools.get_mut(&owner).and_then(|e| {
+                        let pos = e.sockets.iter().position(|s| s.key() == b.addr_text())?;
+                        Some(e.sockets.remove(pos))
+                    }),
+                };
+                match sock {
+                    Some(s) => sockets.push(s),
+                    None => log::error!("reload: pool {name}: lost the socket for {}", b.raw),
+                }
+            }
+            sockets_for.insert(name.clone(), sockets);
+        }
+        let now = Instant::now();
+        let mut parts = Vec::new();
+        for name in &d.removed {
+            if let Some(e) = self.pools.get_mut(name) {
+                e.removing = true;
+                let actions = e.pool.shutdown(Shutdown::Graceful, now);
+                self.execute(name, actions);
+                self.note_change(name, format!("removed ({trigger})"));
+            }
+        }
+        let mut rolled = Vec::new();
+        for name in &rebinding {
+            let Some(spec) = new.pools.get(name) else {
+                continue;
+            };
+            let sockets = sockets_for.remove(name).unwrap_or_default();
+            let spec = Arc::new(spec.clone());
+            if let Some(e) = self.pools.get_mut(name) {
+                // Rolled: new workers get the new spec and sockets; old ones keep
+                // the sockets they inherited until they drain.
+                e.sockets = sockets;
+                let mut actions = e.pool.set_count(spec.count, now).unwrap_or_default();
+                match e.pool.upgrade(None, Some(spec), now) {
+                    Ok((_, a)) => actions.extend(a),
+                    Err(err) => log::warn!("reload: {err}"),
+                }
+                self.execute(name, actions);
+                let keys = d
+                    .rolled
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, k)| k.join(", "))
+                    .unwrap_or_default();
+                self.note_change(name, format!("rolled ({trigger}: {keys} changed)"));
+                rolled.push(name.clone());
+            } else {
+                let mut pool = Pool::new(spec);
+                let actions = pool.start(now);
+                self.pools
+                    .insert(name.clone(), PoolEntry::new(pool, sockets));
+                self.execute(name, actions);
+                self.note_change(name, format!("added ({trigger})"));
+            }
+        }
+        for (name, from, to) in &d.scaled {
+            if rolled.contains(name) {
+                continue;
+            }
+            if let Some(spec) = new.pools.get(name) {
+                let spec = Arc::new(spec.clone());
+                if let Some(e) = self.pools.get_mut(name) {
+                    let mut actions = e.pool.retune(spec, now);
+                    actions.extend(e.pool.set_count(*to, now).unwrap_or_default());
+                    self.execute(name, actions);
+                    self.note_change(name, format!("scaled {from} -> {to} ({trigger})"));
+                }
+            }
+        }
+        for name in &d.retuned {
+            if let (Some(spec), Some(e)) = (new.pools.get(name), self.pools.get_mut(name)) {
+                let actions = e.pool.retune(Arc::new(spec.clone()), now);
+                self.execute(name, actions);
+                self.note_change(name, format!("settings updated in place ({trigger})"));
+            }
+        }
+        if new.log != self.config.log {
+            log::set_max_level(new.log.level);
+        }
+        if !d.added.is_empty() {
+            parts.push(format!("added {}", d.added.join(", ")));
+        }
+        if !d.removed.is_empty() {
+            parts.push(format!("removed {}", d.removed.join(", ")));
+        }
+        for (n, keys) in &d.rolled {
+            parts.push(format!("rolling {n} ({} changed)", keys.join(", ")));
+        }
+        for (n, a, b) in &d.scaled {
+            parts.push(format!("scaled {n} {a} -> {b}"));
+        }
+        if !d.retuned.is_empty() {
+            parts.push(format!("retuned {}", d.retuned.join(", ")));
+        }
+        if !d.unchanged.is_empty() {
+            parts.push(format!("unchanged {}", d.unchanged.join(", ")));
+        }
+        self.config = new;
+        for name in &d.removed {
+            self.debounce.cancel(&WatchOwner::Pool(name.clone()));
+        }
+        self.watch_config();
+        let summary = format!(
+            "Reloaded {}: {}",
+            path.display(),
+            if parts.is_empty() {
+                "nothing changed".into()
+            } else {
+                parts.join("; ")
+            }
+        );
+        log::info!("{summary}");
+        Ok((summary, rolled))
     }
 
     /// After a waiter's client disconnected, stop streaming to it.

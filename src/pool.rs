@@ -324,6 +324,15 @@ impl Pool {
                 let Some(w) = self.workers.get_mut(&id) else {
                     return out;
                 };
+                if w.state != WorkerState::Spawning {
+                    // Stopped before it was forked: the master should have asked
+                    // `wants_spawn`; stop the process now that it exists.
+                    w.pid = Some(pid);
+                    self.by_pid.insert(pid, id);
+                    let sig = w.spec.stop_signal;
+                    self.send(id, pid, sig, &mut out);
+                    return out;
+                }
                 w.pid = Some(pid);
                 let deadline = now
                     + match w.spec.ack {
@@ -357,6 +366,26 @@ impl Pool {
                 }
             }
         }
+        self.reconcile(now, &mut out);
+        out
+    }
+
+    /// Is this spawn still wanted? A worker stopped while waiting for its fork
+    /// (shutdown, scale-down) is dropped here instead.
+    pub fn wants_spawn(&mut self, id: WorkerId) -> bool {
+        match self.workers.get(&id).map(|w| &w.state) {
+            Some(WorkerState::Spawning) => true,
+            Some(WorkerState::Draining { .. }) => {
+                self.remove(id);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Finish a cancelled spawn (see [`Pool::wants_spawn`]).
+    pub fn spawn_dropped(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
         self.reconcile(now, &mut out);
         out
     }
@@ -830,8 +859,8 @@ impl Pool {
         self.next_worker += 1;
         let index = self.alloc_index();
         let (version, spec) = self.target.clone();
-        // Until the pid is known the worker is in Spawning; a far deadline is not
-        // needed because `spawned` is called before the loop polls again.
+        // Spawning until the master forks it (it may batch forks across loop
+        // turns); it counts as unacked meanwhile.
         self.workers.insert(
             id,
             Worker {

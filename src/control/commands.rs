@@ -101,7 +101,9 @@ impl Master {
             }
             Outcome::Later => return,
             Outcome::Silent => {
-                self.hang_up(conn);
+                if !self.control.is_persistent(conn) {
+                    self.hang_up(conn);
+                }
                 return;
             }
         };
@@ -109,6 +111,10 @@ impl Master {
     }
 
     fn dispatch(&mut self, conn: ConnId, req: &Request) -> Outcome {
+        // einhornsh cannot send a `pool` field: accept the pool name as the last
+        // argument of the commands that address one pool.
+        let rewritten = self.pool_from_args(req);
+        let req = rewritten.as_ref().unwrap_or(req);
         let pool = req.pool.as_deref();
         match req.command.as_str() {
             "ehlo" => Outcome::Ok(format!(
@@ -120,7 +126,15 @@ impl Master {
             "help" => Outcome::Ok(help()),
             "version" => Outcome::Ok(format!("einhyrningsins {}", env!("CARGO_PKG_VERSION"))),
             "status" => match self.select(pool) {
-                Ok(names) => Outcome::Ok(self.status_table(&names)),
+                // No trailing spaces: YAML replies then stay readable `|` blocks.
+                Ok(names) => Outcome::Ok(
+                    self.status_table(&names)
+                        .lines()
+                        .map(str::trim_end)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                        + "\n",
+                ),
                 Err(e) => Outcome::Err(e),
             },
             "state" => match self.select(pool) {
@@ -182,12 +196,10 @@ impl Master {
                         .into(),
                 )
             }
-            "reload" => Outcome::Err(match &self.config.source {
-                Some(_) => "reload is not available yet in this version".into(),
-                None => {
-                    "reload needs --config (this master was started from the command line)".into()
-                }
-            }),
+            "reload" => match self.reload("reload command") {
+                Ok((summary, _)) => Outcome::Ok(summary),
+                Err(e) => Outcome::Err(format!("Reload failed, configuration unchanged: {e}")),
+            },
             "louder" | "quieter" => {
                 let lvl = crate::log::step(req.command == "louder");
                 log::warn!("log level is now {lvl}");
@@ -225,6 +237,28 @@ impl Master {
                     .join(", ")
             )),
         }
+    }
+
+    /// `inc web`, `set_workers 4 web`, `upgrade web`: the same request with `pool`.
+    fn pool_from_args(&self, req: &Request) -> Option<Request> {
+        if req.pool.is_some() {
+            return None;
+        }
+        let takes = match req.command.as_str() {
+            "inc" | "dec" | "upgrade" | "upgrade_fleet" | "status" | "state" => 0,
+            "set_workers" => 1,
+            _ => return None,
+        };
+        if req.args.len() != takes + 1 {
+            return None;
+        }
+        let last = req.args.last()?;
+        if !self.pools.contains_key(last) {
+            return None;
+        }
+        let mut r = req.clone();
+        r.pool = r.args.pop();
+        Some(r)
     }
 
     /// Pools a read command applies to: the one named, or all.
@@ -308,6 +342,13 @@ impl Master {
                 binds.join(", ")
             );
             let _ = writeln!(s, "  state: {}", pool_state(p, now));
+            if let Some((at, what)) = &e.last_change {
+                let _ = writeln!(
+                    s,
+                    "  last change: {what} {} ago",
+                    ago(now.saturating_duration_since(*at))
+                );
+            }
             if let Some(o) = p.last_upgrade() {
                 let _ = writeln!(
                     s,
@@ -431,6 +472,10 @@ impl Master {
                         "ok": o.result.is_ok(),
                         "error": o.result.as_ref().err(),
                     })),
+                    "last_change": e.last_change.as_ref().map(|(at, what)| json!({
+                        "what": what,
+                        "secs_ago": secs(now.saturating_duration_since(*at)),
+                    })),
                     "workers": workers,
                 }),
             );
@@ -444,6 +489,12 @@ impl Master {
                 "config": self.config.source,
                 "shutting_down": self.is_shutting_down(),
                 "log_level": log::max_level().to_string(),
+                "last_reload": self.last_reload.as_ref().map(|r| json!({
+                    "trigger": r.trigger,
+                    "secs_ago": secs(now.saturating_duration_since(r.at)),
+                    "ok": r.result.is_ok(),
+                    "message": match &r.result { Ok(m) | Err(m) => m },
+                })),
             },
             "pools": pools,
         })
@@ -452,7 +503,7 @@ impl Master {
 
 fn pool_state(p: &Pool, now: Instant) -> String {
     if p.is_shutting_down() {
-        return "shutting down".into();
+        return "shutting down (draining)".into();
     }
     if let Some((id, st, since)) = p.upgrading() {
         return format!(

@@ -49,6 +49,11 @@ struct Conn {
     writable_armed: bool,
     uid: Option<u32>,
     pid: Option<i32>,
+    /// A worker's `-g` channel (EINHORN_SOCK_FD): kept open after worker:ack,
+    /// as einhorn does, so the worker can keep using it.
+    persistent: bool,
+    /// The peer shut down its writing side.
+    peer_eof: bool,
 }
 
 /// What a readable connection produced.
@@ -109,6 +114,12 @@ impl ControlServer {
         let listener = UnixListener::bind(path);
         nix::sys::stat::umask(old);
         let listener = listener.map_err(io("bind"))?;
+        // std listens with a small backlog; a thousand workers acking at once
+        // need more. Linux lets listen() be called again to change it.
+        // SAFETY: plain syscall on a socket we own.
+        unsafe {
+            libc::listen(listener.as_raw_fd(), 4096);
+        }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(io("chmod"))?;
         let ino = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
@@ -175,9 +186,27 @@ impl ControlServer {
                 writable_armed: false,
                 uid: cred.map(|c| c.uid()),
                 pid: cred.map(|c| c.pid()),
+                persistent: false,
+                peer_eof: false,
             },
         );
         Ok(id)
+    }
+
+    /// Mark a connection as a worker's persistent channel (`-g`).
+    pub fn set_persistent(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.persistent = true;
+        }
+    }
+
+    /// The peer has shut down its writing side (it only waits for replies).
+    pub fn peer_eof(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.peer_eof)
+    }
+
+    pub fn is_persistent(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.persistent)
     }
 
     /// Peer uid and pid (SO_PEERCRED) of a connection.
@@ -199,7 +228,10 @@ impl ControlServer {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match conn.stream.read(&mut buf) {
-                Ok(0) => return Some((out, true)),
+                Ok(0) => {
+                    conn.peer_eof = true;
+                    return Some((out, true));
+                }
                 Ok(n) => {
                     if conn.close_after_flush {
                         continue; // discarding: we are about to close
