@@ -340,8 +340,10 @@ impl Master {
         let mut s = UnixStream::connect(&self.sock).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok();
         s.write_all(b"{\"command\":\"state\"}\n").ok()?;
+        // One reply line: the master keeps an open connection open, so reading
+        // to EOF would time out and lose the pids (leaking workers).
         let mut buf = String::new();
-        s.read_to_string(&mut buf).ok()?;
+        BufReader::new(s).read_line(&mut buf).ok()?;
         let v: Value = serde_json::from_str(buf.trim()).ok()?;
         let st: Value = serde_json::from_str(v["message"].as_str()?).ok()?;
         for p in st["pools"].as_object()?.values() {
