@@ -137,10 +137,26 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
         .kill_children_on_exit
         .then_some(spec.stop_signal as libc::c_int);
     let master_pid = ctx.master_pid;
+    // Fallback bound for kernels without close_range(2): computed before fork.
+    let max_fd = max_fd();
     // SAFETY: the closure only makes async-signal-safe libc calls on values
     // captured by copy; it allocates nothing and takes no lock.
     unsafe {
         cmd.pre_exec(move || {
+            // fds the master itself inherited without close-on-exec (from a shell,
+            // a supervisor, a test runner) must not reach workers either: mark
+            // everything above stderr close-on-exec, then open up our sockets.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                for fd in 3..max_fd {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
             if let Some(plan) = &plan {
                 plan.apply()?;
             }
@@ -162,6 +178,18 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
         });
     }
     Ok(cmd)
+}
+
+/// One past the highest fd number that may be open (for the close-on-exec sweep
+/// when close_range(2) is missing), capped so a huge limit cannot stall a spawn.
+fn max_fd() -> libc::c_int {
+    // SAFETY: sysconf only reads a system limit.
+    let n = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    if n <= 0 {
+        1024
+    } else {
+        n.min(65_536) as libc::c_int
+    }
 }
 
 /// Fork and exec one worker. Exec failures (missing binary, permission) are

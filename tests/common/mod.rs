@@ -89,7 +89,9 @@ pub struct Master {
     pub dir: TempDir,
     pub sock: PathBuf,
     pub log: PathBuf,
-    seen_pids: Vec<i32>,
+    /// Workers seen in `state`, with their start time, so that the drop guard
+    /// kills only those very processes (never a pid reused by another one).
+    seen_pids: Vec<(i32, u64)>,
 }
 
 impl Master {
@@ -117,11 +119,38 @@ impl Master {
         Master::spawn(dir, sock, &all)
     }
 
+    /// [`Master::with_config`] with extra variables in the master's environment.
+    pub fn with_config_env(tag: &str, toml: &str, env: &[(&str, &str)]) -> Master {
+        let dir = TempDir::new(tag);
+        let sock = dir.join("ctl.sock");
+        let text = expand(toml, &dir, &sock);
+        let cfg = dir.join("app.toml");
+        std::fs::write(&cfg, text).expect("write config");
+        let cfg_s = cfg.to_string_lossy().into_owned();
+        Master::spawn_env(dir, sock, &["--config", &cfg_s], env)
+    }
+
+    /// [`Master::with_args`] with the control socket at `sock` (which may outlive
+    /// this master, e.g. to test a stale socket file) instead of in the temp dir.
+    pub fn with_args_at(tag: &str, sock: &Path, args: &[&str]) -> Master {
+        let dir = TempDir::new(tag);
+        let sock_s = sock.to_string_lossy().into_owned();
+        let mut all = vec!["-d", &sock_s];
+        let expanded: Vec<String> = args.iter().map(|a| expand(a, &dir, sock)).collect();
+        all.extend(expanded.iter().map(String::as_str));
+        Master::spawn_env(dir, sock.to_path_buf(), &all, &[])
+    }
+
     fn spawn(dir: TempDir, sock: PathBuf, args: &[&str]) -> Master {
+        Master::spawn_env(dir, sock, args, &[])
+    }
+
+    fn spawn_env(dir: TempDir, sock: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Master {
         let log = dir.join("master.log");
         let logf = std::fs::File::create(&log).expect("create log");
         let child = Command::new(MASTER)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(logf.try_clone().expect("dup log"))
             .stderr(logf)
@@ -199,9 +228,7 @@ impl Master {
             for p in pools.values() {
                 for w in p["workers"].as_array().into_iter().flatten() {
                     if let Some(pid) = w["pid"].as_i64() {
-                        if !self.seen_pids.contains(&(pid as i32)) {
-                            self.seen_pids.push(pid as i32);
-                        }
+                        self.remember(pid as i32);
                     }
                 }
             }
@@ -255,6 +282,26 @@ impl Master {
         st
     }
 
+    /// SIGKILL the master (its workers are not touched) and reap it.
+    pub fn kill_hard(&mut self) -> ExitStatus {
+        let _ = self.state_quiet();
+        let mut c = self.child.take().expect("master already exited");
+        c.kill().expect("SIGKILL the master");
+        c.wait().expect("reap the master")
+    }
+
+    /// Wait until the log contains `needle`; the whole log.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        wait_for(
+            &format!("{needle:?} in the log {}", self.log.display()),
+            timeout,
+            || {
+                let t = self.log_text();
+                t.contains(needle).then_some(t)
+            },
+        )
+    }
+
     pub fn signal(&self, sig: i32) {
         unsafe {
             libc::kill(self.pid(), sig);
@@ -280,27 +327,56 @@ impl Drop for Master {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for pid in &self.seen_pids {
-            unsafe {
-                libc::kill(*pid, libc::SIGKILL);
+        for &(pid, started) in &self.seen_pids {
+            if start_time(pid) == Some(started) {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
             }
         }
     }
 }
 
+/// A process's parent pid and start time (clock ticks since boot), from
+/// /proc/PID/stat fields 4 and 22.
+fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+fn start_time(pid: i32) -> Option<u64> {
+    parent_and_start(pid).map(|(_, t)| t)
+}
+
 impl Master {
+    fn remember(&mut self, pid: i32) {
+        if self.seen_pids.iter().any(|(p, _)| *p == pid) {
+            return;
+        }
+        // Only our master's children: a pid reported by a master in another
+        // pid namespace names some other process here.
+        if let Some((ppid, t)) = parent_and_start(pid) {
+            if ppid == self.pid() {
+                self.seen_pids.push((pid, t));
+            }
+        }
+    }
+
     fn state_quiet(&mut self) -> Option<()> {
         let mut s = UnixStream::connect(&self.sock).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(2))).ok();
         s.write_all(b"{\"command\":\"state\"}\n").ok()?;
+        // One reply line: the master keeps an open connection open, so reading
+        // to EOF would time out and lose the pids (leaking workers).
         let mut buf = String::new();
-        s.read_to_string(&mut buf).ok()?;
+        BufReader::new(s).read_line(&mut buf).ok()?;
         let v: Value = serde_json::from_str(buf.trim()).ok()?;
         let st: Value = serde_json::from_str(v["message"].as_str()?).ok()?;
         for p in st["pools"].as_object()?.values() {
             for w in p["workers"].as_array()? {
                 if let Some(pid) = w["pid"].as_i64() {
-                    self.seen_pids.push(pid as i32);
+                    self.remember(pid as i32);
                 }
             }
         }
@@ -488,4 +564,82 @@ pub fn http_get_status(addr: &str, path: &str) -> std::io::Result<(u16, String)>
         code,
         resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
     ))
+}
+
+/// Run the master (or any program) that is expected to exit by itself, e.g. on a
+/// bad configuration; panics (after killing it) if it is still running after
+/// `timeout`. Returns the exit status, stdout and stderr.
+pub fn run_to_exit(
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> (ExitStatus, String, String) {
+    let dir = TempDir::new("run");
+    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("create stdout file"))
+        .stderr(std::fs::File::create(&err).expect("create stderr file"))
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{program} {args:?} still running after {timeout:?}; stderr:\n{}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (
+        status,
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        std::fs::read_to_string(&err).unwrap_or_default(),
+    )
+}
+
+/// The local TCP port of socket `fd` in process `pid` (via /proc), if it is a
+/// TCP socket: which bind an inherited fd number really is.
+pub fn tcp_port_of_fd(pid: i32, fd: i32) -> Option<u16> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let inode = link
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .to_string();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.get(9) == Some(&inode.as_str()) {
+                let port = cols.get(1)?.rsplit(':').next()?;
+                return u16::from_str_radix(port, 16).ok();
+            }
+        }
+    }
+    None
+}
+
+/// Timestamps (ms since midnight UTC) of log lines containing `needle`, in order.
+/// The master's log lines start with an RFC 3339 timestamp with milliseconds.
+pub fn log_times(log: &str, needle: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| {
+            let ts = l.split_whitespace().next()?;
+            let time = ts.split('T').nth(1)?.trim_end_matches('Z');
+            let mut it = time.split(':');
+            let h: u64 = it.next()?.parse().ok()?;
+            let m: u64 = it.next()?.parse().ok()?;
+            let s: f64 = it.next()?.parse().ok()?;
+            Some((h * 3600 + m * 60) * 1000 + (s * 1000.0).round() as u64)
+        })
+        .collect()
 }
