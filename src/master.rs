@@ -28,7 +28,7 @@ use signal_hook::consts::signal as sigs;
 use signal_hook_mio::v1_0::Signals;
 
 use crate::bind::{self, BindError, BoundSocket};
-use crate::config::{AckMode, Config, UpgradeStrategy};
+use crate::config::{Config, UpgradeStrategy};
 use crate::control::codec::{self, Encoding, Reply};
 use crate::control::server::{ConnId, ControlError, ControlServer, Input, CONN_BASE};
 use crate::pool::{Action, Pid, Pool, Shutdown, UpgradeId};
@@ -901,15 +901,6 @@ impl Master {
         let Some(e) = self.pools.get_mut(&name) else {
             return Err(format!("pid {pid} is not a worker of this master"));
         };
-        // As einhorn: in timer mode only surviving ack_timer counts, so a worker
-        // that acks and crashes at once is still backed off as a crash loop.
-        if e.pool
-            .worker_by_pid(pid)
-            .is_some_and(|w| w.spec.ack == AckMode::Timer)
-        {
-            log::debug!("pool {name}: worker:ack from pid {pid} ignored: the pool acks by timer");
-            return Ok(());
-        }
         let actions = e.pool.ack(pid, Instant::now()).map_err(|e| e.to_string())?;
         self.execute(&name, actions);
         Ok(())

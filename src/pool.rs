@@ -402,9 +402,23 @@ impl Pool {
         out
     }
 
-    /// A worker said it is ready (`worker:ack`).
+    /// A worker said it is ready (`worker:ack`, or READY=1 for notify pools).
+    /// In timer mode this is ignored, as einhorn does: only surviving `ack_timer`
+    /// counts, so a worker that acks and crashes at once is still backed off as a
+    /// crash loop.
     pub fn ack(&mut self, pid: Pid, now: Instant) -> Result<Vec<Action>, PoolError> {
         let id = self.id_of(pid)?;
+        if self
+            .workers
+            .get(&id)
+            .is_some_and(|w| w.spec.ack == AckMode::Timer)
+        {
+            log::debug!(
+                "pool {}: ack from pid {pid} ignored: this pool acks by timer",
+                self.name
+            );
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
         self.mark_acked(id, now, &mut out);
         self.reconcile(now, &mut out);

@@ -24,9 +24,13 @@ struct Sim {
     max_live_seen: usize,
 }
 
+/// Manual ack (the tests ack workers themselves) with an ack timeout far beyond
+/// any test's time, so it only fires where a test sets it.
 fn spec(count: usize) -> PoolConfig {
     let mut p = PoolConfig::new("web", vec!["./w".into()]);
     p.count = count;
+    p.ack = AckMode::Manual;
+    p.ack_timeout = 3600 * S;
     p.max_unacked = 2;
     p.max_surge = Some(1);
     p
@@ -220,8 +224,18 @@ fn start_spawns_count_workers_with_distinct_indexes() {
 }
 
 #[test]
-fn timer_mode_acks_after_ack_timer() {
-    let mut s = Sim::new(spec(3));
+fn timer_mode_acks_after_ack_timer_and_ignores_explicit_acks() {
+    let mut p = spec(3);
+    p.ack = AckMode::Timer;
+    let mut s = Sim::new(p);
+    let pid = s.unacked()[0];
+    let a = s.pool.ack(pid, s.now);
+    assert_eq!(a, Ok(Vec::new()));
+    assert_eq!(
+        s.pool.acked(),
+        0,
+        "an explicit ack does not count in timer mode"
+    );
     s.advance(Duration::from_millis(999));
     assert_eq!(s.pool.acked(), 0);
     s.advance(Duration::from_millis(1));
