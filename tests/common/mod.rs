@@ -117,6 +117,55 @@ impl Master {
         Master::spawn(dir, sock, &all)
     }
 
+    /// Like `with_config`, with extra master arguments, and `prepare` run on the
+    /// temp dir before the master starts (to put files the config names there).
+    pub fn with_config_prepared(
+        tag: &str,
+        toml: &str,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Master {
+        let dir = TempDir::new(tag);
+        prepare(dir.path());
+        let sock = dir.join("ctl.sock");
+        let text = expand(toml, &dir, &sock);
+        let cfg = dir.join("app.toml");
+        std::fs::write(&cfg, text).expect("write config");
+        let cfg_s = cfg.to_string_lossy().into_owned();
+        let mut args = vec!["--config", &cfg_s];
+        args.extend_from_slice(extra_args);
+        Master::spawn(dir, sock, &args)
+    }
+
+    /// The config file a `with_config*` master was started from.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("app.toml")
+    }
+
+    /// Replace the config file (placeholders expanded, as at start) atomically:
+    /// written to a temp file and renamed over it, so a watcher never sees half.
+    pub fn write_config(&self, toml: &str) {
+        let text = expand(toml, &self.dir, &self.sock);
+        let tmp = self.dir.join(".app.toml.tmp");
+        std::fs::write(&tmp, text).expect("write new config");
+        std::fs::rename(&tmp, self.config_path()).expect("rename new config");
+    }
+
+    /// A pool's version (bumped by each upgrade), from `state`.
+    pub fn version(&mut self, pool: &str) -> u64 {
+        self.state()["pools"][pool]["version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("pool {pool} has no version in state"))
+    }
+
+    /// Lines of the master's log containing `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     fn spawn(dir: TempDir, sock: PathBuf, args: &[&str]) -> Master {
         let log = dir.join("master.log");
         let logf = std::fs::File::create(&log).expect("create log");
@@ -339,4 +388,23 @@ pub fn alive(pid: i32) -> bool {
             .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
+}
+
+/// Copy the example worker to `to` (a new inode, executable).
+pub fn copy_worker(to: &Path) {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).expect("create dir for worker copy");
+    }
+    std::fs::copy(http_worker(), to).expect("copy example worker");
+}
+
+/// Set a file's mtime to now (creating it if needed), as `touch` does.
+pub fn touch(path: &Path) {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open file to touch");
+    f.set_modified(std::time::SystemTime::now())
+        .expect("set mtime");
 }
