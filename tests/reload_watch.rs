@@ -135,6 +135,19 @@ fn replacing_the_binary_by_rename_rolls_its_pool() {
 }
 
 #[test]
+fn the_command_line_form_watches_its_program_binary() {
+    let mut m = Master::with_args_prepared("wcli", &["-n", "2", "--", "{dir}/app"], |d| {
+        copy_worker(&d.join("app"));
+    });
+    let old = m.wait_acked("main", 2);
+    let v = m.version("main");
+    let new = m.dir.join("app.new");
+    copy_worker(&new);
+    std::fs::rename(&new, m.dir.join("app")).expect("rename over app");
+    wait_rolled(&mut m, "main", v + 1, 2, &old);
+}
+
+#[test]
 fn swapping_a_symlink_rolls_its_pool() {
     let cfg = format!(
         "{}{}",

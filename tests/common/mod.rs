@@ -137,6 +137,18 @@ impl Master {
         Master::spawn(dir, sock, &args)
     }
 
+    /// Like `with_args`, with `prepare` run on the temp dir before the master starts.
+    pub fn with_args_prepared(tag: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Master {
+        let dir = TempDir::new(tag);
+        prepare(dir.path());
+        let sock = dir.join("ctl.sock");
+        let sock_s = sock.to_string_lossy().into_owned();
+        let mut all = vec!["-d", &sock_s];
+        let expanded: Vec<String> = args.iter().map(|a| expand(a, &dir, &sock)).collect();
+        all.extend(expanded.iter().map(String::as_str));
+        Master::spawn(dir, sock, &all)
+    }
+
     /// The config file a `with_config*` master was started from.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("app.toml")
