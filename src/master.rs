@@ -1025,7 +1025,7 @@ impl Master {
                     None => {
                         let s = bind::bind(b, bind::DEFAULT_BACKLOG).map_err(|e| {
                             format!(
-                                "{}: pool {name}: {e}",
+                                "{}: pools.{name}.binds[{i}]: {e}",
                                 new.locate(&format!("pools.{name}.binds[{i}]"))
                             )
                         })?;

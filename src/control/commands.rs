@@ -334,6 +334,20 @@ impl Master {
                 ""
             }
         );
+        // A refused reload leaves everything running as before, so this line is
+        // the operator's only sign in `status` that their edit was not applied.
+        if let Some(r) = &self.last_reload {
+            let _ = writeln!(
+                s,
+                "last reload ({}) {} ago: {}",
+                r.trigger,
+                ago(now.saturating_duration_since(r.at)),
+                match &r.result {
+                    Ok(m) => m.clone(),
+                    Err(e) => format!("FAILED, configuration unchanged: {e}"),
+                }
+            );
+        }
         for name in names {
             let Some(e) = self.pools.get(name) else {
                 continue;

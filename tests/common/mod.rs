@@ -141,6 +141,67 @@ impl Master {
         Master::spawn_env(dir, sock.to_path_buf(), &all, &[])
     }
 
+    /// Like `with_config`, with extra master arguments, and `prepare` run on the
+    /// temp dir before the master starts (to put files the config names there).
+    pub fn with_config_prepared(
+        tag: &str,
+        toml: &str,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&Path),
+    ) -> Master {
+        let dir = TempDir::new(tag);
+        prepare(dir.path());
+        let sock = dir.join("ctl.sock");
+        let text = expand(toml, &dir, &sock);
+        let cfg = dir.join("app.toml");
+        std::fs::write(&cfg, text).expect("write config");
+        let cfg_s = cfg.to_string_lossy().into_owned();
+        let mut args = vec!["--config", &cfg_s];
+        args.extend_from_slice(extra_args);
+        Master::spawn(dir, sock, &args)
+    }
+
+    /// Like `with_args`, with `prepare` run on the temp dir before the master starts.
+    pub fn with_args_prepared(tag: &str, args: &[&str], prepare: impl FnOnce(&Path)) -> Master {
+        let dir = TempDir::new(tag);
+        prepare(dir.path());
+        let sock = dir.join("ctl.sock");
+        let sock_s = sock.to_string_lossy().into_owned();
+        let mut all = vec!["-d", &sock_s];
+        let expanded: Vec<String> = args.iter().map(|a| expand(a, &dir, &sock)).collect();
+        all.extend(expanded.iter().map(String::as_str));
+        Master::spawn(dir, sock, &all)
+    }
+
+    /// The config file a `with_config*` master was started from.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("app.toml")
+    }
+
+    /// Replace the config file (placeholders expanded, as at start) atomically:
+    /// written to a temp file and renamed over it, so a watcher never sees half.
+    pub fn write_config(&self, toml: &str) {
+        let text = expand(toml, &self.dir, &self.sock);
+        let tmp = self.dir.join(".app.toml.tmp");
+        std::fs::write(&tmp, text).expect("write new config");
+        std::fs::rename(&tmp, self.config_path()).expect("rename new config");
+    }
+
+    /// A pool's version (bumped by each upgrade), from `state`.
+    pub fn version(&mut self, pool: &str) -> u64 {
+        self.state()["pools"][pool]["version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("pool {pool} has no version in state"))
+    }
+
+    /// Lines of the master's log containing `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     fn spawn(dir: TempDir, sock: PathBuf, args: &[&str]) -> Master {
         Master::spawn_env(dir, sock, args, &[])
     }
@@ -642,4 +703,23 @@ pub fn log_times(log: &str, needle: &str) -> Vec<u64> {
             Some((h * 3600 + m * 60) * 1000 + (s * 1000.0).round() as u64)
         })
         .collect()
+}
+
+/// Copy the example worker to `to` (a new inode, executable).
+pub fn copy_worker(to: &Path) {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).expect("create dir for worker copy");
+    }
+    std::fs::copy(http_worker(), to).expect("copy example worker");
+}
+
+/// Set a file's mtime to now (creating it if needed), as `touch` does.
+pub fn touch(path: &Path) {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open file to touch");
+    f.set_modified(std::time::SystemTime::now())
+        .expect("set mtime");
 }
