@@ -2,6 +2,7 @@
 //! syslog when asked. The level can change at run time (`louder`/`quieter`,
 //! reload): fern passes everything and `log::set_max_level` does the filtering.
 
+use std::io::Write;
 use std::time::SystemTime;
 
 use log::LevelFilter;
@@ -14,16 +15,20 @@ pub enum LogError {
 
 /// Install the global logger. Syslog problems are reported and skipped, never fatal.
 pub fn init(level: LevelFilter, syslog: bool, process_name: &str) -> Result<(), LogError> {
-    let stderr = fern::Dispatch::new()
-        .format(|out, message, record| {
-            out.finish(format_args!(
-                "{} {:<5} {}",
-                humantime::format_rfc3339_millis(SystemTime::now()),
-                record.level(),
-                message
-            ))
-        })
-        .chain(std::io::stderr());
+    // Workers usually share the master's stderr (a terminal, the journal, a
+    // container log). Each line is formatted into one buffer and written with a
+    // single write(2), so lines from the master and workers never interleave
+    // mid-line (std's stderr is unbuffered: formatting straight into it issues a
+    // write per fragment).
+    let stderr = fern::Dispatch::new().chain(fern::Output::call(|record| {
+        let line = format!(
+            "{} {:<5} {}\n",
+            humantime::format_rfc3339_millis(SystemTime::now()),
+            record.level(),
+            record.args()
+        );
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }));
     let mut root = fern::Dispatch::new()
         .level(LevelFilter::Trace)
         .chain(stderr);
