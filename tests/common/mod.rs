@@ -99,35 +99,35 @@ impl Master {
     /// text are replaced by the control socket path, the example worker path and
     /// the temp dir.
     pub fn with_config(tag: &str, toml: &str) -> Master {
-        let dir = TempDir::new(tag);
-        let sock = dir.join("ctl.sock");
-        let text = expand(toml, &dir, &sock);
-        let cfg = dir.join("app.toml");
-        std::fs::write(&cfg, text).expect("write config");
+        Master::start_config(tag, toml, &[], &[], |_, _| {})
+    }
+
+    /// The general form of the `with_config*` constructors: the config written
+    /// into a fresh temp dir, `prepare` run on that dir (to put files the config
+    /// names there), then the master started with extra arguments and environment.
+    pub fn start_config(
+        tag: &str,
+        toml: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&TempDir, &Path),
+    ) -> Master {
+        let (dir, sock, cfg) = Master::prepare_config(tag, toml);
+        prepare(&dir, &sock);
         let cfg_s = cfg.to_string_lossy().into_owned();
-        Master::spawn(dir, sock, &["--config", &cfg_s])
+        let mut args = vec!["--config", &cfg_s];
+        args.extend_from_slice(extra_args);
+        Master::spawn_env(dir, sock, &args, env)
     }
 
     /// Start a master with classic command-line arguments; `-d` is added.
     pub fn with_args(tag: &str, args: &[&str]) -> Master {
-        let dir = TempDir::new(tag);
-        let sock = dir.join("ctl.sock");
-        let sock_s = sock.to_string_lossy().into_owned();
-        let mut all = vec!["-d", &sock_s];
-        let expanded: Vec<String> = args.iter().map(|a| expand(a, &dir, &sock)).collect();
-        all.extend(expanded.iter().map(String::as_str));
-        Master::spawn(dir, sock, &all)
+        Master::with_args_prepared(tag, args, |_| {})
     }
 
     /// [`Master::with_config`] with extra variables in the master's environment.
     pub fn with_config_env(tag: &str, toml: &str, env: &[(&str, &str)]) -> Master {
-        let dir = TempDir::new(tag);
-        let sock = dir.join("ctl.sock");
-        let text = expand(toml, &dir, &sock);
-        let cfg = dir.join("app.toml");
-        std::fs::write(&cfg, text).expect("write config");
-        let cfg_s = cfg.to_string_lossy().into_owned();
-        Master::spawn_env(dir, sock, &["--config", &cfg_s], env)
+        Master::start_config(tag, toml, &[], env, |_, _| {})
     }
 
     /// [`Master::with_args`] with the control socket at `sock` (which may outlive
@@ -149,16 +149,7 @@ impl Master {
         extra_args: &[&str],
         prepare: impl FnOnce(&Path),
     ) -> Master {
-        let dir = TempDir::new(tag);
-        prepare(dir.path());
-        let sock = dir.join("ctl.sock");
-        let text = expand(toml, &dir, &sock);
-        let cfg = dir.join("app.toml");
-        std::fs::write(&cfg, text).expect("write config");
-        let cfg_s = cfg.to_string_lossy().into_owned();
-        let mut args = vec!["--config", &cfg_s];
-        args.extend_from_slice(extra_args);
-        Master::spawn(dir, sock, &args)
+        Master::start_config(tag, toml, extra_args, &[], |dir, _| prepare(dir.path()))
     }
 
     /// Like `with_args`, with `prepare` run on the temp dir before the master starts.
@@ -170,7 +161,7 @@ impl Master {
         let mut all = vec!["-d", &sock_s];
         let expanded: Vec<String> = args.iter().map(|a| expand(a, &dir, &sock)).collect();
         all.extend(expanded.iter().map(String::as_str));
-        Master::spawn(dir, sock, &all)
+        Master::spawn_env(dir, sock, &all, &[])
     }
 
     /// The config file a `with_config*` master was started from.
@@ -202,36 +193,10 @@ impl Master {
             .count()
     }
 
-    fn spawn(dir: TempDir, sock: PathBuf, args: &[&str]) -> Master {
-        Master::spawn_env(dir, sock, args, &[])
-    }
-
     fn spawn_env(dir: TempDir, sock: PathBuf, args: &[&str], env: &[(&str, &str)]) -> Master {
-        let log = dir.join("master.log");
-        let logf = std::fs::File::create(&log).expect("create log");
-        let child = Command::new(MASTER)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone().expect("dup log"))
-            .stderr(logf)
-            .spawn()
-            .expect("spawn master");
-        let mut m = Master {
-            child: Some(child),
-            dir,
-            sock,
-            log,
-            seen_pids: Vec::new(),
-        };
-        let sock = m.sock.clone();
-        wait_for("the control socket", Duration::from_secs(10), || {
-            if let Some(st) = m.try_exit() {
-                panic!("master exited early ({st}); log:\n{}", m.log_text());
-            }
-            UnixStream::connect(&sock).ok()
-        });
-        m
+        let mut cmd = Command::new(MASTER);
+        cmd.args(args).envs(env.iter().copied());
+        Master::from_command(dir, sock, cmd)
     }
 
     pub fn pid(&self) -> i32 {
@@ -244,25 +209,7 @@ impl Master {
 
     /// One JSON request, all reply lines until the final one (no `wait`).
     pub fn request(&self, req: Value) -> Vec<Value> {
-        let mut s = UnixStream::connect(&self.sock).expect("connect control socket");
-        s.set_read_timeout(Some(Duration::from_secs(60))).ok();
-        let mut line = req.to_string();
-        line.push('\n');
-        s.write_all(line.as_bytes()).expect("send request");
-        let mut out = Vec::new();
-        let mut r = BufReader::new(s);
-        loop {
-            let mut l = String::new();
-            if r.read_line(&mut l).unwrap_or(0) == 0 {
-                return out;
-            }
-            let v: Value = serde_json::from_str(&l).expect("reply is JSON");
-            let more = v.get("wait").and_then(Value::as_bool).unwrap_or(false);
-            out.push(v);
-            if !more {
-                return out;
-            }
-        }
+        request_at(&self.sock, &req)
     }
 
     /// Send a command (optionally to a pool); the final reply's message, and
@@ -484,16 +431,11 @@ impl Master {
     /// scripts the pool's command points at, which a test later swaps to make the
     /// "new version" behave differently.
     pub fn with_config_files(tag: &str, toml: &str, files: &[(&str, &str)]) -> Master {
-        let dir = TempDir::new(tag);
-        let sock = dir.join("ctl.sock");
-        for (name, text) in files {
-            put_file(&dir, &sock, name, text);
-        }
-        let text = expand(toml, &dir, &sock);
-        let cfg = dir.join("app.toml");
-        std::fs::write(&cfg, text).expect("write config");
-        let cfg_s = cfg.to_string_lossy().into_owned();
-        Master::spawn(dir, sock, &["--config", &cfg_s])
+        Master::start_config(tag, toml, &[], &[], |dir, sock| {
+            for (name, text) in files {
+                put_file(dir, sock, name, text);
+            }
+        })
     }
 
     /// Replace a file in the temp dir atomically (write, then rename), with
