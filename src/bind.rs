@@ -112,34 +112,37 @@ impl BindSpec {
                 spec: spec_s.to_string(),
                 option: opt.to_string(),
             };
-            match opt {
-                "" => {}
-                "r" | "so_reuseaddr" => out.reuseaddr = true,
-                "n" | "o_nonblock" => out.nonblock = true,
-                "reuseport" | "so_reuseport" => out.reuseport = true,
-                _ => match opt.split_once('=') {
-                    Some(("backlog", v)) => {
-                        out.backlog =
-                            Some(v.trim().parse().ok().filter(|b| *b > 0).ok_or_else(bad)?)
-                    }
-                    Some(("mode", v)) => {
-                        out.mode = Some(u32::from_str_radix(v.trim(), 8).map_err(|_| bad())?)
-                    }
-                    // systemd's FileDescriptorName= rules: printable, no ':'.
-                    Some(("name", v)) => {
-                        let v = v.trim();
-                        let ok = !v.is_empty()
-                            && v.len() <= 255
-                            && v.chars().all(|c| c.is_ascii_graphic() && c != ':');
-                        out.name = Some(Some(v.to_string()).filter(|_| ok).ok_or_else(bad)?);
-                    }
-                    _ => {
-                        return Err(BindSpecError::UnknownOption {
-                            spec: spec_s.to_string(),
-                            option: opt.to_string(),
-                        })
-                    }
-                },
+            // einhorn lower-cases option names (`,R` and `,SO_REUSEADDR` work
+            // there), so only a `name=` value keeps its case.
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
+                None => (opt.to_ascii_lowercase(), None),
+            };
+            match (key.as_str(), value) {
+                ("", None) => {}
+                ("r" | "so_reuseaddr", None) => out.reuseaddr = true,
+                ("n" | "o_nonblock", None) => out.nonblock = true,
+                ("reuseport" | "so_reuseport", None) => out.reuseport = true,
+                ("backlog", Some(v)) => {
+                    out.backlog = Some(v.trim().parse().ok().filter(|b| *b > 0).ok_or_else(bad)?)
+                }
+                ("mode", Some(v)) => {
+                    out.mode = Some(u32::from_str_radix(v.trim(), 8).map_err(|_| bad())?)
+                }
+                // systemd's FileDescriptorName= rules: printable, no ':'.
+                ("name", Some(v)) => {
+                    let v = v.trim();
+                    let ok = !v.is_empty()
+                        && v.len() <= 255
+                        && v.chars().all(|c| c.is_ascii_graphic() && c != ':');
+                    out.name = Some(Some(v.to_string()).filter(|_| ok).ok_or_else(bad)?);
+                }
+                _ => {
+                    return Err(BindSpecError::UnknownOption {
+                        spec: spec_s.to_string(),
+                        option: opt.to_string(),
+                    })
+                }
             }
         }
         Ok(out)
@@ -630,6 +633,12 @@ mod spec_tests {
         assert_eq!(s.addr, BindAddr::Unix("/tmp/x.sock".into()));
         assert_eq!((s.mode, s.backlog), (Some(0o660), Some(64)));
         assert_eq!(BindSpec::parse("localhost:0")?.addr_text(), "localhost:0");
+        // einhorn lower-cases option names before matching them.
+        let s = BindSpec::parse("127.0.0.1:1,R,N")?;
+        assert!(s.reuseaddr && s.nonblock);
+        let s = BindSpec::parse("127.0.0.1:1,SO_REUSEADDR,O_NonBlock,Backlog=9,NAME=Web")?;
+        assert!(s.reuseaddr && s.nonblock);
+        assert_eq!((s.backlog, s.name.as_deref()), (Some(9), Some("Web")));
         Ok(())
     }
 
