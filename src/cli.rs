@@ -185,7 +185,8 @@ struct Args {
     ipv6_only: bool,
 
     /// More verbose logging: -v debug, -vv trace
-    #[arg(short = 'v', long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    // Not exclusive with -q: einhorn accepts both (each one louder / quieter).
+    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     verbose: u8,
 
     /// Less logging: -q warnings and errors only, -qq errors only
@@ -627,17 +628,13 @@ fn one_pool(a: &Args) -> Config {
 /// Flags that describe the master rather than a pool: on the command line they
 /// override the file.
 fn apply_globals(a: &Args, cfg: &mut Config) {
-    if a.verbose > 0 {
-        cfg.log.level = if a.verbose == 1 {
-            log::LevelFilter::Debug
-        } else {
-            log::LevelFilter::Trace
-        };
-    } else if a.quiet > 0 {
-        cfg.log.level = if a.quiet == 1 {
-            log::LevelFilter::Warn
-        } else {
-            log::LevelFilter::Error
+    if a.verbose > 0 || a.quiet > 0 {
+        cfg.log.level = match i16::from(a.verbose) - i16::from(a.quiet) {
+            i16::MIN..=-2 => log::LevelFilter::Error,
+            -1 => log::LevelFilter::Warn,
+            0 => log::LevelFilter::Info,
+            1 => log::LevelFilter::Debug,
+            2.. => log::LevelFilter::Trace,
         };
     }
     if a.syslog {
@@ -812,7 +809,12 @@ mod tests {
             log::LevelFilter::Error
         );
         assert!(run(&["--no-watch", "--watch", "./s"])?.watch.enabled);
-        usage_error(&["-v", "-q", "./s"]);
+        // einhorn takes both; each -v is one step louder, each -q one quieter.
+        assert_eq!(run(&["-v", "-q", "./s"])?.log.level, log::LevelFilter::Info);
+        assert_eq!(
+            run(&["-q", "-vv", "./s"])?.log.level,
+            log::LevelFilter::Debug
+        );
         usage_error(&["-4", "-6", "./s"]);
         Ok(())
     }

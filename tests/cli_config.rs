@@ -73,7 +73,6 @@ fn flag_errors_exit_2_naming_the_problem() {
         (&["-s", "soon", "./s"], "soon"),
         (&["--upgrade", "yolo", "./s"], "yolo"),
         (&["--ack-mode", "sometimes", "./s"], "sometimes"),
-        (&["-v", "-q", "./s"], "--quiet"),
         (&["-4", "-6", "./s"], "--ipv6-only"),
         (&["--max-unacked", "0", "./s"], "max_unacked"),
         (&[], "PROGRAM"),
