@@ -386,9 +386,12 @@ fn secs_to_duration(secs: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{secs} seconds: {e}"))
 }
 
-/// Parse a signal: `"USR2"`, `"SIGUSR2"`, `"usr2"` or a number (`"12"`).
+/// Parse a signal: `"USR2"`, `"SIGUSR2"`, `"usr2"` or a number (`"12"`); kill(1)'s
+/// spelling with a leading dash (`"-USR1"`, `"-9"`) is accepted too, since that is
+/// what an operator types after `signal`.
 pub fn parse_signal(s: &str) -> Result<Signal, String> {
     let t = s.trim();
+    let t = t.strip_prefix('-').unwrap_or(t);
     if let Ok(n) = t.parse::<i32>() {
         return Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"));
     }
@@ -1765,6 +1768,9 @@ binds = ["unix:/tmp/s.sock", "127.0.0.1:9000"]
         assert_eq!(parse_signal("SIGTERM"), Ok(Signal::SIGTERM));
         assert_eq!(parse_signal("quit"), Ok(Signal::SIGQUIT));
         assert_eq!(parse_signal("15"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("-USR1"), Ok(Signal::SIGUSR1));
+        assert_eq!(parse_signal("-9"), Ok(Signal::SIGKILL));
+        assert!(parse_signal("--9").is_err() && parse_signal("-").is_err());
         assert!(parse_signal("USR9").is_err());
         assert!(parse_signal("999").is_err());
         assert_eq!(parse_mode("0600"), Ok(0o600));
