@@ -46,8 +46,9 @@ EXAMPLES:
         Script mode: commands read from stdin, one per line, no prompts.
 
 COMMANDS (sent to the master):
-    ehlo, help, state, status, inc, dec, set_workers N, upgrade, upgrade_fleet,
-    signal SIG..., die [SIG], reload, version, louder, quieter
+    ehlo, help, check, state, status, inc, dec, set_workers N, upgrade,
+    upgrade_fleet, signal SIG..., die [SIG], reload, version, louder, quieter
+    (check: ok only when every pool has its count acked, for readiness probes)
 
 SHELL COMMANDS (handled by the shell itself):
     pool NAME    send later commands to pool NAME (`pool -` clears, `pool` shows)

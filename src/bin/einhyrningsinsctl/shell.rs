@@ -28,6 +28,7 @@ const PROMPT: &str = "einhyrningsins> ";
 const COMMANDS: &[&str] = &[
     "ehlo",
     "help",
+    "check",
     "state",
     "status",
     "inc",
@@ -424,6 +425,7 @@ mod tests {
             (0, vec!["upgrade".into(), "upgrade_fleet".into()])
         );
         assert_eq!(names("  qu"), (2, vec!["quieter".into(), "quit".into()]));
+        assert_eq!(names("che"), (0, vec!["check".into()]));
         assert_eq!(
             names("signal HUP US"),
             (11, vec!["USR1".into(), "USR2".into()])
