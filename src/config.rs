@@ -166,6 +166,8 @@ pub struct PoolConfig {
 }
 
 pub const DEFAULT_UPGRADE_RETRIES: u32 = 3;
+/// Most workers one pool may ask for: a guard against a typo forking millions.
+pub const MAX_WORKERS: usize = 100_000;
 pub const DEFAULT_ACK_TIMER: Duration = Duration::from_secs(1);
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RESPAWN_DELAY: Duration = Duration::from_secs(1);
@@ -615,6 +617,12 @@ impl Config {
                 if a.contains('\0') {
                     err(format!("{p}.command[{i}]"), "contains a NUL byte".into());
                 }
+            }
+            if pool.count > MAX_WORKERS {
+                err(
+                    format!("{p}.count"),
+                    format!("{} is more than {MAX_WORKERS} workers", pool.count),
+                );
             }
             if pool.max_unacked == 0 {
                 err(
@@ -1724,6 +1732,16 @@ binds = ["unix:/tmp/s.sock", "127.0.0.1:9000"]
         assert_eq!(e.len(), 2, "{e:?}");
         let e = errors_of("[pools.a]\ncommand=[\"a\"]\nack = \"manual\"\nack_timeout = 0\n");
         assert_eq!(e[0].key, "pools.a.ack_timeout");
+        // A typo must not fork millions of workers.
+        let e = errors_of("[pools.a]\ncommand=[\"a\"]\ncount = 40000000\n");
+        assert_eq!(
+            (e[0].key.as_str(), e[0].line),
+            ("pools.a.count", Some(3)),
+            "{e:?}"
+        );
+        assert!(
+            Config::from_toml_str("[pools.a]\ncommand=[\"a\"]\ncount = 100000\n", None).is_ok()
+        );
     }
 
     #[test]

@@ -112,7 +112,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
         if url.path == "/sleep":
-            ms = int(urllib.parse.parse_qs(url.query).get("ms", ["0"])[0])
+            try:
+                ms = int(urllib.parse.parse_qs(url.query).get("ms", ["0"])[0])
+            except ValueError:
+                ms = -1
+            if not 0 <= ms <= 600_000:
+                self.send_error(400, "ms must be an integer from 0 to 600000")
+                return
             with lock:
                 stats["sleeping"] += 1
             time.sleep(ms / 1000)
