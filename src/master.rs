@@ -1017,6 +1017,20 @@ impl Master {
         new.control = self.config.control.clone();
         new.master = self.config.master.clone();
         let d = crate::config::diff(&self.config, &new);
+        // A removed pool drains under its name until its last worker is gone; it
+        // cannot take a new config meanwhile (it refuses to start workers).
+        let draining: Vec<&str> = d
+            .added
+            .iter()
+            .filter(|n| self.pools.get(n.as_str()).is_some_and(|e| e.removing))
+            .map(String::as_str)
+            .collect();
+        if !draining.is_empty() {
+            return Err(format!(
+                "pool(s) {} still draining after their removal; reload again once they have stopped",
+                draining.join(", ")
+            ));
+        }
 
         // Sockets for every added or rolled pool: a running socket with the same
         // address is kept (no moment without a listener), others are bound anew;

@@ -50,3 +50,63 @@ ack = "manual"
         "the final reply came before pool b's upgrade finished: {msgs:?}"
     );
 }
+
+const TWO_POOLS: &str = r#"
+[control]
+socket = "{sock}"
+[pools.web]
+command = ["{worker}"]
+count = 1
+binds = ["127.0.0.1:0"]
+ack = "manual"
+[pools.api]
+command = ["{worker}", "--ignore-stop"]
+count = 1
+binds = ["127.0.0.1:0"]
+ack = "manual"
+stop_timeout = "5s"
+"#;
+
+const WEB_ONLY: &str = r#"
+[control]
+socket = "{sock}"
+[pools.web]
+command = ["{worker}"]
+count = 1
+binds = ["127.0.0.1:0"]
+ack = "manual"
+"#;
+
+/// A pool removed by a reload drains under its name; putting it back before it
+/// had stopped used to be reported as "added" while the draining pool swallowed
+/// the new config (it refused to start workers and was then dropped): the
+/// configured pool silently never ran. And `upgrade` of the draining pool
+/// answered "Upgrade done".
+#[test]
+fn a_pool_readded_while_it_still_drains_is_refused_not_lost() {
+    let mut m = Master::with_config("readd", TWO_POOLS);
+    m.wait_acked("web", 1);
+    let old = m.wait_acked("api", 1);
+    m.write_config(WEB_ONLY);
+    let (msg, err) = m.cmd("reload", &[], None);
+    assert!(!err, "{msg}");
+    let (msg, err) = m.cmd("upgrade", &[], Some("api"));
+    assert!(err, "upgrade of a removed, draining pool succeeded: {msg}");
+    assert!(msg.contains("api"), "{msg}");
+
+    m.write_config(TWO_POOLS);
+    let (msg, err) = m.cmd("reload", &[], None);
+    assert!(err, "re-adding a draining pool was accepted: {msg}");
+    assert!(msg.contains("api") && msg.contains("drain"), "{msg}");
+
+    // Once the old worker is gone (SIGKILL after stop_timeout), the same reload works.
+    wait_for(
+        "the removed pool to be gone",
+        std::time::Duration::from_secs(30),
+        || m.state()["pools"]["api"].is_null().then_some(()),
+    );
+    assert!(!alive(old[0]));
+    let (msg, err) = m.cmd("reload", &[], None);
+    assert!(!err, "{msg}");
+    m.wait_acked("api", 1);
+}
