@@ -110,3 +110,73 @@ fn a_pool_readded_while_it_still_drains_is_refused_not_lost() {
     assert!(!err, "{msg}");
     m.wait_acked("api", 1);
 }
+
+/// A Type=notify worker in Python: READY=1 at once, then WATCHDOG=1 every 50 ms.
+const NOTIFY_WORKER: &str = r#"
+import os, socket, time
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1", addr)
+while True:
+    s.sendto(b"WATCHDOG=1", addr)
+    time.sleep(0.05)
+"#;
+
+fn notify_then(ack: &str) -> String {
+    format!(
+        r#"
+[control]
+socket = "{{sock}}"
+[pools.n]
+command = ["python3", "{{dir}}/{}"]
+count = 1
+ack = "{ack}"
+ack_timeout = "60s"
+{}
+"#,
+        if ack == "notify" { "nw.py" } else { "slow.sh" },
+        if ack == "notify" {
+            "watchdog = \"300ms\""
+        } else {
+            ""
+        }
+    )
+}
+
+/// The notify socket used to accept messages only when the pool's *current*
+/// spec said `ack = "notify"`. During a roll from notify to manual ack, the old
+/// workers' WATCHDOG=1 pings were dropped and the old workers, still serving,
+/// were SIGKILLed by their watchdog before their replacements were ready.
+#[test]
+fn old_notify_workers_keep_their_watchdog_during_a_roll_to_manual_ack() {
+    let mut m = Master::with_config_files(
+        "nroll",
+        &notify_then("notify"),
+        &[
+            ("nw.py", NOTIFY_WORKER),
+            // The new version never acks: the roll stays in progress.
+            ("slow.sh", "import time\ntime.sleep(60)\n"),
+        ],
+    );
+    let old = m.wait_acked("n", 1);
+    m.write_config(&notify_then("manual"));
+    let (msg, err) = m.cmd("reload", &[], None);
+    assert!(!err, "{msg}");
+    wait_for(
+        "the new version's worker",
+        std::time::Duration::from_secs(20),
+        || (m.pids("n", "unacked").len() == 1).then_some(()),
+    );
+    // Several watchdog periods: the old worker must stay acked and alive.
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        assert_eq!(m.pids("n", "acked"), old, "log:\n{}", m.log_text());
+    }
+    assert!(
+        !m.log_text().contains("sent no WATCHDOG=1"),
+        "{}",
+        m.log_text()
+    );
+}
