@@ -722,12 +722,12 @@ impl Master {
                     w.failures.push(format!("pool {pool}: {why}"));
                 }
                 w.remaining.remove(&key);
+                self.waiter_of.remove(&key);
                 finished = w.remaining.is_empty();
             }
             self.control.write(self.poll.registry(), conn, &bytes);
         }
         if finished {
-            self.waiter_of.remove(&key);
             if let Some(w) = self.waiters.remove(&wid) {
                 let reply = if w.failures.is_empty() {
                     Reply::new("Upgrade done", w.request_id)
