@@ -722,12 +722,12 @@ impl Master {
                     w.failures.push(format!("pool {pool}: {why}"));
                 }
                 w.remaining.remove(&key);
+                self.waiter_of.remove(&key);
                 finished = w.remaining.is_empty();
             }
             self.control.write(self.poll.registry(), conn, &bytes);
         }
         if finished {
-            self.waiter_of.remove(&key);
             if let Some(w) = self.waiters.remove(&wid) {
                 let reply = if w.failures.is_empty() {
                     Reply::new("Upgrade done", w.request_id)
@@ -784,6 +784,10 @@ impl Master {
             );
         }
         let now = Instant::now();
+        // Every upgrade is registered with the waiter before any is carried out: a
+        // pool that finishes at once (count 0) must not end the wait for the others.
+        let mut started = Vec::new();
+        let mut refused = Vec::new();
         for name in &names {
             let Some(e) = self.pools.get_mut(name) else {
                 continue;
@@ -796,18 +800,38 @@ impl Master {
                             w.remaining.insert((name.clone(), id));
                         }
                     }
-                    self.execute(name, actions);
+                    started.push((name, actions));
                 }
-                Err(e) => log::warn!("{e}"),
+                Err(e) => {
+                    log::warn!("{e}");
+                    refused.push(e.to_string());
+                }
             }
+        }
+        if started.is_empty() && !refused.is_empty() {
+            self.waiters.remove(&wid);
+            return Err(refused.join("; "));
+        }
+        if let Some(w) = self.waiters.get_mut(&wid) {
+            w.failures.extend(refused);
+        }
+        for (name, actions) in started {
+            self.execute(name, actions);
         }
         if let Some(w) = self.waiters.get(&wid) {
             if w.remaining.is_empty() {
                 // Every upgrade finished at once (count 0, say) or none started.
                 let w = self.waiters.remove(&wid);
                 if let Some(w) = w {
-                    let bytes =
-                        codec::encode(&Reply::new("Upgrade done", w.request_id), w.encoding);
+                    let reply = if w.failures.is_empty() {
+                        Reply::new("Upgrade done", w.request_id)
+                    } else {
+                        Reply::failure(
+                            format!("Upgrade failed: {}", w.failures.join("; ")),
+                            w.request_id,
+                        )
+                    };
+                    let bytes = codec::encode(&reply, w.encoding);
                     self.control.write(self.poll.registry(), w.conn, &bytes);
                 }
             }
@@ -993,6 +1017,20 @@ impl Master {
         new.control = self.config.control.clone();
         new.master = self.config.master.clone();
         let d = crate::config::diff(&self.config, &new);
+        // A removed pool drains under its name until its last worker is gone; it
+        // cannot take a new config meanwhile (it refuses to start workers).
+        let draining: Vec<&str> = d
+            .added
+            .iter()
+            .filter(|n| self.pools.get(n.as_str()).is_some_and(|e| e.removing))
+            .map(String::as_str)
+            .collect();
+        if !draining.is_empty() {
+            return Err(format!(
+                "pool(s) {} still draining after their removal; reload again once they have stopped",
+                draining.join(", ")
+            ));
+        }
 
         // Sockets for every added or rolled pool: a running socket with the same
         // address is kept (no moment without a listener), others are bound anew;

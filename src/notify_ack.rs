@@ -195,7 +195,10 @@ impl Master {
             let Some(e) = self.pools.get_mut(&name) else {
                 continue;
             };
-            if e.pool.spec().ack != AckMode::Notify {
+            // The worker's own spec: during a roll from notify to another ack
+            // mode, old workers still ping their watchdog here.
+            let ack = e.pool.worker_by_pid(pid).map(|w| w.spec.ack);
+            if ack != Some(AckMode::Notify) {
                 log::debug!("worker notify socket: pool {name} does not use ack = \"notify\"; ignoring pid {pid}");
                 continue;
             }

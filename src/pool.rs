@@ -1215,15 +1215,18 @@ impl Pool {
                 stop(self, id, StopReason::Retired, out);
             }
         }
-        let new_bucket = self.buckets.get(&target).cloned().unwrap_or_default();
-        let new_total = new_bucket.len();
+        // Sizes only: cloning the bucket would make every event O(workers).
+        let (new_total, new_acked, new_unacked) = self
+            .buckets
+            .get(&target)
+            .map_or((0, 0, 0), |b| (b.len(), b.acked.len(), b.unacked.len()));
         let old_total: usize = self
             .buckets
             .iter()
             .filter(|(v, _)| **v != target)
             .map(|(_, b)| b.len())
             .sum();
-        if old_total == 0 && new_bucket.acked.len() >= count {
+        if old_total == 0 && new_acked >= count {
             if let Some(up) = self.upgrade.take() {
                 self.finish_upgrade(up, Ok(()), now, out);
             }
@@ -1234,10 +1237,7 @@ impl Pool {
             UpgradeStrategy::Fleet => need,
             UpgradeStrategy::Smooth => {
                 let spec = &self.target.1;
-                let room_unacked = spec
-                    .max_unacked
-                    .max(1)
-                    .saturating_sub(new_bucket.unacked.len());
+                let room_unacked = spec.max_unacked.max(1).saturating_sub(new_unacked);
                 let room_surge = (count + spec.surge(count)).saturating_sub(new_total + old_total);
                 need.min(room_unacked).min(room_surge)
             }

@@ -246,10 +246,15 @@ impl ControlServer {
             return Some((out, false));
         }
         let mut buf = [0u8; 4 * 1024];
+        let mut reads = 0;
         loop {
-            if out.len() >= LINES_PER_TURN {
-                // More may be waiting in the socket (never in `rbuf`: every
-                // complete line read is returned). Re-registering makes epoll
+            reads += 1;
+            // Bounded by reads too: after an over-long line the bytes are
+            // discarded, so a client streaming garbage produces no lines and
+            // would otherwise keep the loop here as long as it writes.
+            if out.len() >= LINES_PER_TURN || reads > LINES_PER_TURN {
+                // More may be waiting in the socket (`rbuf` holds at most an
+                // incomplete line). Re-registering makes epoll
                 // report it again on the next turn, after other clients.
                 let interest = if conn.writable_armed {
                     Interest::READABLE | Interest::WRITABLE
