@@ -964,10 +964,10 @@ impl Master {
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
-            if let Err(e) = self.start_upgrade(Some(&name), None, None) {
-                log::warn!("SIGHUP: pool {name}: {e}");
+            match self.start_upgrade(Some(&name), None, None) {
+                Ok(_) => self.note_change(&name, "upgrade (SIGHUP)".into()),
+                Err(e) => log::warn!("SIGHUP: pool {name}: {e}"),
             }
-            self.note_change(&name, "upgrade (SIGHUP)".into());
         }
     }
 
@@ -1296,6 +1296,14 @@ impl Master {
 
     pub(crate) fn registry(&self) -> &mio::Registry {
         self.poll.registry()
+    }
+
+    /// The datagrams waiting on the workers' notify socket (bounded per turn).
+    pub(crate) fn worker_notify_batch(&mut self) -> Vec<(Pid, Vec<crate::notify_ack::Msg>)> {
+        match self.notify_ack.as_mut() {
+            Some(n) => n.recv_all(self.poll.registry(), crate::notify_ack::PER_TURN),
+            None => Vec::new(),
+        }
     }
 
     pub(crate) fn rolling_uptime(&self) -> Duration {

@@ -34,6 +34,9 @@ use crate::pool::Pid;
 /// small constants the master uses.
 pub const TOKEN: Token = Token(CONN_BASE - 16);
 
+/// Datagrams read per loop turn.
+pub const PER_TURN: usize = 256;
+
 /// Longest datagram we read; systemd's limit is the same order.
 const MAX_DATAGRAM: usize = 4096;
 
@@ -112,10 +115,13 @@ impl WorkerNotify {
 
     /// Every pending datagram, with the sender's pid (datagrams without
     /// credentials are dropped).
-    pub fn recv_all(&self) -> Vec<(Pid, Vec<Msg>)> {
+    /// Read pending datagrams, at most `limit` of them ([`PER_TURN`] on the
+    /// loop): a worker flooding the socket must not hold the loop. When the cap
+    /// is hit the socket is re-registered, so epoll reports it again next turn.
+    pub fn recv_all(&mut self, registry: &Registry, limit: usize) -> Vec<(Pid, Vec<Msg>)> {
         let mut out = Vec::new();
         let fd: RawFd = self.sock.as_raw_fd();
-        loop {
+        for _ in 0..limit {
             let mut buf = [0u8; MAX_DATAGRAM];
             let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; 16]);
             let mut iov = [IoSliceMut::new(&mut buf)];
@@ -154,6 +160,14 @@ impl WorkerNotify {
                 Some(pid) => out.push((pid, parse(&buf[..n.min(MAX_DATAGRAM)]))),
                 None => log::debug!("worker notify socket: datagram without credentials"),
             }
+            if out.len() == limit {
+                if let Err(e) = registry.reregister(&mut self.sock, TOKEN, Interest::READABLE) {
+                    log::warn!(
+                        "worker notify socket {}: cannot re-register: {e}",
+                        self.address
+                    );
+                }
+            }
         }
         out
     }
@@ -184,10 +198,7 @@ impl Master {
 
     /// Datagrams from workers: acks, status, watchdog pings, stopping.
     pub(crate) fn on_worker_notify(&mut self) {
-        let Some(n) = &self.notify_ack else {
-            return;
-        };
-        for (pid, msgs) in n.recv_all() {
+        for (pid, msgs) in self.worker_notify_batch() {
             let Some(name) = self.pool_of_pid(pid) else {
                 log::debug!("worker notify socket: ignoring pid {pid}, not a worker");
                 continue;
@@ -244,10 +255,12 @@ mod tests {
     fn credentials_carry_the_senders_pid() -> io::Result<()> {
         let dir = std::env::temp_dir().join(format!("ehy-nack-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let n = WorkerNotify::bind(&dir.join("ctl.sock"))?;
+        let mut n = WorkerNotify::bind(&dir.join("ctl.sock"))?;
         assert!(n.address().ends_with("ctl.sock.notify"));
+        let poll = mio::Poll::new()?;
+        n.register(poll.registry())?;
         crate::sdnotify::Notifier::to(n.address())?.send("READY=1\nSTATUS=hi")?;
-        let got = n.recv_all();
+        let got = n.recv_all(poll.registry(), PER_TURN);
         assert_eq!(
             got,
             vec![(
@@ -257,6 +270,34 @@ mod tests {
         );
         drop(n);
         assert!(!dir.join("ctl.sock.notify").exists());
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_flood_is_read_in_bounded_batches_and_reported_again() -> io::Result<()> {
+        let dir = std::env::temp_dir().join(format!("ehy-nflood-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut n = WorkerNotify::bind(&dir.join("ctl.sock"))?;
+        let mut poll = mio::Poll::new()?;
+        n.register(poll.registry())?;
+        let tx = crate::sdnotify::Notifier::to(n.address())?;
+        // (The kernel queues few datagrams: net.unix.max_dgram_qlen is often 10.)
+        for _ in 0..6 {
+            tx.send("WATCHDOG=1")?;
+        }
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(std::time::Duration::from_secs(5)))?;
+        assert!(events.iter().any(|e| e.token() == TOKEN));
+        assert_eq!(n.recv_all(poll.registry(), 4).len(), 4);
+        // Edge-triggered: only the re-registration makes epoll report the rest.
+        poll.poll(&mut events, Some(std::time::Duration::from_secs(5)))?;
+        assert!(
+            events.iter().any(|e| e.token() == TOKEN),
+            "rest not reported"
+        );
+        assert_eq!(n.recv_all(poll.registry(), 4).len(), 2);
+        drop(n);
         std::fs::remove_dir_all(&dir)?;
         Ok(())
     }

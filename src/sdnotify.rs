@@ -344,7 +344,8 @@ pub fn watchdog_from(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<D
             return None;
         }
     }
-    Some(Duration::from_micros(usec))
+    // A floor: a tiny WATCHDOG_USEC must not turn every loop turn into a ping.
+    Some(Duration::from_micros(usec).max(Duration::from_millis(20)))
 }
 
 /// CLOCK_MONOTONIC in microseconds, as systemd wants for MONOTONIC_USEC.
