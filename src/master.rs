@@ -94,6 +94,8 @@ enum Deadline {
     Pool(String),
     /// The watcher's debounce quiet time.
     Debounce,
+    /// Accepting control clients failed (out of fds): try again.
+    AcceptRetry,
     /// systemd notifications (STATUS rate limit, WATCHDOG): handled by
     /// `sd_turn`, which runs every loop turn.
     SdNotify,
@@ -333,11 +335,7 @@ impl Master {
                 match ev.token() {
                     SIGNALS => self.on_signals(),
                     WATCH => self.on_watch_events(),
-                    CONTROL => {
-                        for id in self.control.accept(self.poll.registry()) {
-                            self.on_new_conn(id);
-                        }
-                    }
+                    CONTROL => self.accept_clients(),
                     crate::notify_ack::TOKEN => self.on_worker_notify(),
                     Token(t) if t >= CONN_BASE => {
                         if ev.is_writable() {
@@ -361,6 +359,7 @@ impl Master {
                     }
                     Deadline::Debounce => self.on_debounced(now),
                     Deadline::SdNotify => {}
+                    Deadline::AcceptRetry => self.accept_clients(),
                 }
             }
             self.run_spawns(SPAWN_BATCH);
@@ -378,6 +377,19 @@ impl Master {
         let snap = crate::sdnotify::Snapshot::of(&self.pools, self.is_shutting_down());
         if let Some(at) = self.sd.turn(Instant::now(), &snap) {
             self.timers.arm(Deadline::SdNotify, at);
+        }
+    }
+
+    fn accept_clients(&mut self) {
+        let (ids, failed) = self.control.accept(self.poll.registry());
+        for id in ids {
+            self.on_new_conn(id);
+        }
+        if failed {
+            self.timers.arm(
+                Deadline::AcceptRetry,
+                Instant::now() + Duration::from_millis(250),
+            );
         }
     }
 

@@ -1003,3 +1003,57 @@ fn ctl_as_nobody(m: &Master, command: &str) -> Output {
         .output()
         .expect("run einhyrningsinsctl as uid 65534")
 }
+
+// ---- running out of file descriptors ------------------------------------------
+
+/// With its fd limit reached the master cannot accept; clients left in the
+/// listen backlog must still be served once fds free up (edge-triggered epoll
+/// will not report them again: the master retries on a timer).
+#[test]
+fn clients_queued_while_out_of_fds_are_served_once_fds_free_up() {
+    let (dir, sock, cfg) = Master::prepare_config(
+        "ctl-emfile",
+        r#"
+[control]
+socket = "{sock}"
+[pools.web]
+command = ["{worker}"]
+count = 1
+"#,
+    );
+    let mut cmd = std::process::Command::new(MASTER);
+    cmd.arg("--config").arg(&cfg).arg("--no-watch");
+    // SAFETY: setrlimit is async-signal-safe; no allocation in the closure.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 24,
+                rlim_max: 24,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let m = Master::from_command(dir, sock.clone(), cmd);
+    // More clients than the master has fds: the later ones wait in the backlog.
+    let mut clients: Vec<UnixStream> = (0..40)
+        .map(|_| UnixStream::connect(&sock).expect("connect"))
+        .collect();
+    wait_for(
+        "the master to run out of fds",
+        Duration::from_secs(10),
+        || m.log_text().contains("accept failed").then_some(()),
+    );
+    let mut last = clients.pop().expect("a queued client");
+    clients.clear(); // frees the master's fds once it sees the hang-ups
+    last.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    last.write_all(b"{\"command\":\"version\",\"id\":1}\n")
+        .expect("send");
+    let mut line = String::new();
+    BufReader::new(&last)
+        .read_line(&mut line)
+        .expect("a queued client gets its reply once fds are free");
+    assert!(line.contains("einhyrningsins"), "{line}");
+}

@@ -163,7 +163,11 @@ impl ControlServer {
     }
 
     /// Accept every pending connection; returns the new ids.
-    pub fn accept(&mut self, registry: &Registry) -> Vec<ConnId> {
+    /// Accept pending connections. The flag is true when accepting failed
+    /// (EMFILE, ENFILE, ENOBUFS): clients may still be queued, and with
+    /// edge-triggered epoll nothing reports them again, so the caller retries
+    /// on a timer.
+    pub fn accept(&mut self, registry: &Registry) -> (Vec<ConnId>, bool) {
         let mut ids = Vec::new();
         loop {
             match self.listener.accept() {
@@ -174,13 +178,15 @@ impl ControlServer {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log and let the next readiness retry.
-                    log::warn!("control: accept failed: {e}");
-                    break;
+                    log::warn!(
+                        "control: accept failed ({} connections open): {e}; retrying shortly",
+                        self.conns.len()
+                    );
+                    return (ids, true);
                 }
             }
         }
-        ids
+        (ids, false)
     }
 
     /// Take an already-connected stream (a `-g` socketpair end, or an accepted one).
