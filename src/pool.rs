@@ -205,6 +205,9 @@ pub struct Pool {
     /// Consecutive deaths before ack (any ack resets it).
     failures: u32,
     respawn_at: Option<Instant>,
+    /// Backoff last reported in the log: a crash loop of many workers repeats
+    /// the same capped delay once per death, which says nothing new.
+    logged_backoff: Option<Duration>,
     /// `retries` exhausted in steady state: no more respawns until a command.
     gave_up: bool,
     shutdown: Option<Shutdown>,
@@ -231,6 +234,7 @@ impl Pool {
             last_upgrade: None,
             failures: 0,
             respawn_at: None,
+            logged_backoff: None,
             gave_up: false,
             shutdown: None,
             stopped_reported: false,
@@ -637,6 +641,7 @@ impl Pool {
         }
         self.gave_up = false;
         self.failures = 0;
+        self.logged_backoff = None;
         self.set_respawn_at_none();
     }
 
@@ -719,6 +724,7 @@ impl Pool {
             b.acked.insert((index, id));
         }
         self.failures = 0;
+        self.logged_backoff = None;
         log::info!(
             "pool {}: worker pid {} acked (index {}, version {})",
             self.name,
@@ -775,12 +781,16 @@ impl Pool {
                     return;
                 }
             }
-            log::info!(
-                "pool {}: respawning in {:.1?} ({} consecutive failure(s))",
-                self.name,
-                delay,
-                self.failures
-            );
+            // Rate limit: a new delay, or every power of two of failures.
+            if self.logged_backoff != Some(delay) || self.failures.is_power_of_two() {
+                self.logged_backoff = Some(delay);
+                log::info!(
+                    "pool {}: respawning in {:.1?} ({} consecutive failure(s))",
+                    self.name,
+                    delay,
+                    self.failures
+                );
+            }
         }
     }
 
@@ -830,6 +840,7 @@ impl Pool {
             }
             self.target = up.from.clone();
             self.failures = 0;
+            self.logged_backoff = None;
             self.set_respawn_at_none();
         }
         self.last_upgrade = Some(UpgradeOutcome {
@@ -1115,10 +1126,7 @@ impl Pool {
             UpgradeStrategy::Fleet => need,
             UpgradeStrategy::Smooth => {
                 let spec = &self.target.1;
-                let room_unacked = spec
-                    .max_unacked
-                    .max(1)
-                    .saturating_sub(new_bucket.unacked.len());
+                let room_unacked = spec.max_unacked.max(1).saturating_sub(new_unacked);
                 let room_surge = (count + spec.surge(count)).saturating_sub(new_total + old_total);
                 need.min(room_unacked).min(room_surge)
             }
