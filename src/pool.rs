@@ -1107,15 +1107,18 @@ impl Pool {
                 stop(self, id, StopReason::Retired, out);
             }
         }
-        let new_bucket = self.buckets.get(&target).cloned().unwrap_or_default();
-        let new_total = new_bucket.len();
+        // Lengths only: cloning the bucket would make every event O(n) mid-upgrade.
+        let (new_total, new_acked, new_unacked) = self
+            .buckets
+            .get(&target)
+            .map_or((0, 0, 0), |b| (b.len(), b.acked.len(), b.unacked.len()));
         let old_total: usize = self
             .buckets
             .iter()
             .filter(|(v, _)| **v != target)
             .map(|(_, b)| b.len())
             .sum();
-        if old_total == 0 && new_bucket.acked.len() >= count {
+        if old_total == 0 && new_acked >= count {
             if let Some(up) = self.upgrade.take() {
                 self.finish_upgrade(up, Ok(()), now, out);
             }
