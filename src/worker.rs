@@ -5,9 +5,18 @@
 //! exec only async-signal-safe calls are made: `Command` prepares argv, env and cwd
 //! before forking, and the `pre_exec` hook only calls `fcntl`, `prctl`, `getppid` and
 //! `kill`. Every fd of the master is close-on-exec; a worker's sockets are made
-//! inheritable in the child alone (clearing FD_CLOEXEC keeps their numbers, which
+//! inheritable for its spawn alone (clearing FD_CLOEXEC keeps their numbers, which
 //! is what EINHORN_FD_n promises), so no listener, epoll, signal pipe or control
 //! connection leaks into a worker, nor into anything else the master runs.
+//!
+//! Why two paths: a `pre_exec` hook makes std fork, which copies the master's page
+//! tables and then takes copy-on-write faults in the master; without a hook std
+//! uses `posix_spawn` (a vfork-style clone that shares memory until exec), about
+//! half the master's CPU per spawn (docs/performance.md). So the hook is only
+//! used for `PR_SET_PDEATHSIG` (`-k`), which has no posix_spawn equivalent; on the
+//! common path the sockets' FD_CLOEXEC is cleared in the master around the spawn
+//! and set again right after. Only the master's loop thread spawns, so no other
+//! child can inherit them in between.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -34,6 +43,12 @@ pub struct SpawnContext<'a> {
 pub enum SpawnError {
     #[error("pool {pool}: empty command")]
     EmptyCommand { pool: String },
+    #[error("pool {pool}: could not make fd {fd} inheritable: {source}")]
+    Inherit {
+        pool: String,
+        fd: RawFd,
+        source: io::Error,
+    },
     #[error("pool {pool}: could not start {program:?}: {source}")]
     Exec {
         pool: String,
@@ -53,7 +68,8 @@ const CHILD_API_VARS: &[&str] = &[
     "EINHORN_CHILD_INDEX",
 ];
 
-/// Build the command for one worker (no side effects; exposed for tests).
+/// Build the command for one worker (no side effects; exposed for tests). Run it
+/// with [`spawn`]: without `-k` the sockets are made inheritable there, not here.
 pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, SpawnError> {
     let Some((program, args)) = spec.command.split_first() else {
         return Err(SpawnError::EmptyCommand {
@@ -92,11 +108,14 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
     cmd.process_group(0);
     cmd.stdin(Stdio::null());
 
-    let mut inherit: Vec<RawFd> = ctx.sockets.to_vec();
-    inherit.extend(ctx.control_fd);
-    let pdeathsig = spec
+    let inherit = inherited(ctx);
+    let Some(sig) = spec
         .kill_children_on_exit
-        .then_some(spec.stop_signal as libc::c_int);
+        .then_some(spec.stop_signal as libc::c_int)
+    else {
+        // No hook: std uses posix_spawn; `spawn` makes the sockets inheritable.
+        return Ok(cmd);
+    };
     let master_pid = ctx.master_pid;
     // SAFETY: the closure only makes async-signal-safe libc calls on values
     // captured by copy; it allocates nothing and takes no lock.
@@ -107,14 +126,12 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
                     return Err(io::Error::last_os_error());
                 }
             }
-            if let Some(sig) = pdeathsig {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                // The master may have died between fork and prctl.
-                if libc::getppid() != master_pid {
-                    libc::kill(libc::getpid(), sig);
-                }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            // The master may have died between fork and prctl.
+            if libc::getppid() != master_pid {
+                libc::kill(libc::getpid(), sig);
             }
             Ok(())
         });
@@ -126,6 +143,19 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
 /// reported here, synchronously: std waits for the exec through a CLOEXEC pipe.
 pub fn spawn(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Pid, SpawnError> {
     let mut cmd = command(spec, ctx)?;
+    // Without a pre_exec hook the child cannot clear FD_CLOEXEC itself.
+    let _inheritable = if spec.kill_children_on_exit {
+        None
+    } else {
+        let fds = inherited(ctx);
+        Some(
+            Inheritable::new(&fds).map_err(|(fd, source)| SpawnError::Inherit {
+                pool: spec.name.clone(),
+                fd,
+                source,
+            })?,
+        )
+    };
     let child = cmd.spawn().map_err(|source| SpawnError::Exec {
         pool: spec.name.clone(),
         program: spec.command.first().cloned().unwrap_or_default(),
@@ -133,4 +163,39 @@ pub fn spawn(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Pid, SpawnErro
     })?;
     // The master reaps with waitpid(-1); dropping the handle neither waits nor kills.
     Ok(child.id() as Pid)
+}
+
+/// The fds a worker inherits: its pool's sockets, then the `-g` control fd.
+fn inherited(ctx: &SpawnContext<'_>) -> Vec<RawFd> {
+    let mut fds = ctx.sockets.to_vec();
+    fds.extend(ctx.control_fd);
+    fds
+}
+
+/// FD_CLOEXEC cleared on some fds of the master for the life of the guard, set
+/// again on drop (also when the spawn fails), so nothing but this one worker
+/// inherits them.
+struct Inheritable(Vec<RawFd>);
+
+impl Inheritable {
+    fn new(fds: &[RawFd]) -> Result<Inheritable, (RawFd, io::Error)> {
+        let mut guard = Inheritable(Vec::with_capacity(fds.len()));
+        for &fd in fds {
+            // SAFETY: fcntl on an fd the master owns; F_SETFD takes an int flag.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+                return Err((fd, io::Error::last_os_error()));
+            }
+            guard.0.push(fd);
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for Inheritable {
+    fn drop(&mut self) {
+        for &fd in &self.0 {
+            // SAFETY: as above; the fd is still open (the caller holds it).
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
 }
