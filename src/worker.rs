@@ -199,3 +199,77 @@ impl Drop for Inheritable {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::Pid as NixPid;
+
+    use super::*;
+
+    fn cloexec(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD on an fd this test owns.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        flags != -1 && flags & libc::FD_CLOEXEC != 0
+    }
+
+    /// Which of `probe` the child has open, as it sees them, for one spawn path.
+    fn child_fds(
+        kill_children_on_exit: bool,
+        sockets: &[RawFd],
+        probe: &[RawFd],
+    ) -> Result<String, String> {
+        let out = std::env::temp_dir().join(format!(
+            "einh-worker-fds-{}-{kill_children_on_exit}",
+            std::process::id()
+        ));
+        let list: Vec<String> = probe.iter().map(|fd| fd.to_string()).collect();
+        let script = format!(
+            "for fd in {}; do if [ -e /proc/$$/fd/$fd ]; then echo $fd; fi; done > {}",
+            list.join(" "),
+            out.display()
+        );
+        let mut spec = PoolConfig::new("t", vec!["sh".into(), "-c".into(), script]);
+        spec.kill_children_on_exit = kill_children_on_exit;
+        let ctx = SpawnContext {
+            sockets,
+            control_path: Path::new("/nonexistent.sock"),
+            master_pid: std::process::id() as Pid,
+            index: 0,
+            control_fd: None,
+        };
+        let pid = spawn(&spec, &ctx).map_err(|e| e.to_string())?;
+        match waitpid(NixPid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, 0)) => {}
+            other => return Err(format!("child ended with {other:?}")),
+        }
+        let listing = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&out);
+        Ok(listing)
+    }
+
+    #[test]
+    fn worker_inherits_its_sockets_and_nothing_else_on_both_paths() -> Result<(), String> {
+        let ours = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let other = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let (fd, other_fd) = (ours.as_raw_fd(), other.as_raw_fd());
+        for hook in [false, true] {
+            let listing = child_fds(hook, &[fd], &[fd, other_fd])?;
+            let fds: Vec<&str> = listing.lines().collect();
+            assert!(
+                fds.contains(&fd.to_string().as_str()),
+                "hook {hook}: {fds:?}"
+            );
+            assert!(
+                !fds.contains(&other_fd.to_string().as_str()),
+                "hook {hook}: {fds:?}"
+            );
+            // The master's copy is close-on-exec again after the spawn.
+            assert!(cloexec(fd) && cloexec(other_fd), "hook {hook}");
+        }
+        Ok(())
+    }
+}
