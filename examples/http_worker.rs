@@ -12,7 +12,7 @@
 //! thread around one mio poll: no thread per connection, slow requests are timers.
 //!
 //! Flags: `--no-ack`, `--ack-yaml`, `--ack-delay-ms N`, `--exit-after-ms N`,
-//! `--exit-code C`, `--ignore-stop`, `--version-tag TAG`.
+//! `--exit-code C`, `--ignore-stop`, `--version-tag TAG`, `--drain-idle-ms N`.
 //!
 //! Endpoints (GET or HEAD):
 //! - any path not below: `pid=<pid> index=<EINHORN_CHILD_INDEX> version=<tag>\n`
@@ -56,8 +56,15 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_BODY: usize = 1024 * 1024;
 /// Longest `/sleep` accepted, so a typo cannot park a connection for days.
 const MAX_SLEEP_MS: u64 = 600_000;
+/// How long a draining worker keeps idle connections open (`--drain-idle-ms`).
+/// A keep-alive client cannot know we are stopping: closing its idle connection
+/// at once loses the request it may be writing at that very moment (it sees EOF
+/// or a reset, and wrk counts a read error). During this grace a request that
+/// arrives is served with `Connection: close`; the client then reconnects to a
+/// live worker. Only connections still idle at its end are closed.
+const DEFAULT_DRAIN_IDLE: Duration = Duration::from_millis(1000);
 const USAGE: &str = "usage: http_worker [--no-ack] [--ack-yaml] [--ack-delay-ms N] \
-[--exit-after-ms N] [--exit-code C] [--ignore-stop] [--version-tag TAG]";
+[--exit-after-ms N] [--exit-code C] [--ignore-stop] [--version-tag TAG] [--drain-idle-ms N]";
 
 struct Options {
     ack: bool,
@@ -67,6 +74,7 @@ struct Options {
     exit_code: i32,
     ignore_stop: bool,
     version: String,
+    drain_idle: Duration,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -77,6 +85,7 @@ fn parse_args() -> Result<Options, String> {
         exit_after: None,
         exit_code: 1,
         ignore_stop: false,
+        drain_idle: DEFAULT_DRAIN_IDLE,
         version: std::env::var("WORKER_VERSION").unwrap_or_else(|_| "-".to_string()),
     };
     let mut args = std::env::args().skip(1);
@@ -97,6 +106,9 @@ fn parse_args() -> Result<Options, String> {
                     .map_err(|_| format!("--exit-code: {v:?} is not an integer"))?;
             }
             "--version-tag" => opts.version = value(&arg)?,
+            "--drain-idle-ms" => {
+                opts.drain_idle = Duration::from_millis(number(&arg, value(&arg)?)?)
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -474,6 +486,10 @@ struct Worker {
     timers: BinaryHeap<Reverse<(Instant, usize, u64)>>,
     next_generation: u64,
     draining: bool,
+    /// While draining: idle connections stay open until then (see
+    /// [`DEFAULT_DRAIN_IDLE`]); `None` once it has passed.
+    drain_idle_until: Option<Instant>,
+    drain_idle: Duration,
     sleeping: usize,
     served: u64,
     pid: u32,
@@ -591,8 +607,11 @@ impl Worker {
                 .take_while(|&&b| b == b'\r' || b == b'\n')
                 .count();
             conn.rbuf.drain(..blank);
-            if conn.rbuf.is_empty() && (conn.peer_eof || self.draining) {
-                // Idle: the client hung up, or we are draining and nothing is in flight.
+            if conn.rbuf.is_empty()
+                && (conn.peer_eof || (self.draining && self.drain_idle_until.is_none()))
+            {
+                // Idle: the client hung up, or we are draining, nothing is in
+                // flight and the idle grace is over.
                 return Next::Close;
             }
             match parse(&conn.rbuf) {
@@ -713,6 +732,8 @@ impl Worker {
             return;
         }
         self.draining = true;
+        self.drain_idle_until =
+            (!self.drain_idle.is_zero()).then(|| Instant::now() + self.drain_idle);
         for listener in self.listeners.iter_mut() {
             if let Some(mut l) = listener.take() {
                 let _ = self.poll.registry().deregister(l.source());
@@ -725,14 +746,30 @@ impl Worker {
             self.pid,
             self.live
         );
-        // Driving every connection once in draining mode closes the idle ones (a
-        // last read first, so a request already in the socket is served, not
-        // reset) and marks those in flight to end with `Connection: close`.
+        // Driving every connection once in draining mode marks those in flight to
+        // end with `Connection: close` (and closes the idle ones at once when
+        // there is no idle grace).
         for slot in 0..self.conns.len() {
             if let Some(conn) = self.conns[slot].as_mut() {
                 conn.close_after_write = true;
             }
             self.drive(slot);
+        }
+    }
+}
+
+impl Worker {
+    /// The drain's idle grace is over: a last read on every connection, then the
+    /// ones with nothing in flight are closed.
+    fn end_idle_grace(&mut self) {
+        self.drain_idle_until = None;
+        for slot in 0..self.conns.len() {
+            if self.conns[slot]
+                .as_ref()
+                .is_some_and(|c| c.state == State::Reading)
+            {
+                self.drive(slot);
+            }
         }
     }
 }
@@ -876,6 +913,8 @@ fn run(opts: Options, pid: u32, fds_at_start: String) -> Result<i32, String> {
         timers: BinaryHeap::new(),
         next_generation: 0,
         draining: false,
+        drain_idle_until: None,
+        drain_idle: opts.drain_idle,
         sleeping: 0,
         served: 0,
         pid,
@@ -913,12 +952,16 @@ fn run(opts: Options, pid: u32, fds_at_start: String) -> Result<i32, String> {
             return Ok(opts.exit_code);
         }
         w.fire_timers(now);
+        if w.drain_idle_until.is_some_and(|at| at <= now) {
+            w.end_idle_grace();
+        }
         if w.draining && w.live == 0 {
             log!("http_worker pid={pid} drained, exiting 0");
             return Ok(0);
         }
         let deadline = [
             w.timers.peek().map(|Reverse((at, _, _))| *at),
+            w.drain_idle_until,
             ack_at,
             exit_at,
         ]

@@ -63,6 +63,9 @@ pub struct BindSpec {
     pub backlog: Option<i32>,
     /// File mode for unix sockets.
     pub mode: Option<u32>,
+    /// `name=NAME`: matched against systemd's LISTEN_FDNAMES when the socket is
+    /// inherited, and passed in a systemd-protocol worker's LISTEN_FDNAMES.
+    pub name: Option<String>,
 }
 
 /// A bind spec that could not be parsed.
@@ -74,7 +77,7 @@ pub enum BindSpecError {
     BadPort { spec: String, port: String },
     #[error("bind {spec:?}: empty host")]
     EmptyHost { spec: String },
-    #[error("bind {spec:?}: unknown option {option:?} (known: r/so_reuseaddr, n/o_nonblock, reuseport/so_reuseport, backlog=N, mode=OCTAL)")]
+    #[error("bind {spec:?}: unknown option {option:?} (known: r/so_reuseaddr, n/o_nonblock, reuseport/so_reuseport, backlog=N, mode=OCTAL, name=NAME)")]
     UnknownOption { spec: String, option: String },
     #[error("bind {spec:?}: bad value in {option:?}")]
     BadValue { spec: String, option: String },
@@ -101,6 +104,7 @@ impl BindSpec {
             family: Family::Any,
             backlog: None,
             mode: None,
+            name: None,
         };
         for opt in parts {
             let opt = opt.trim();
@@ -120,6 +124,14 @@ impl BindSpec {
                     }
                     Some(("mode", v)) => {
                         out.mode = Some(u32::from_str_radix(v.trim(), 8).map_err(|_| bad())?)
+                    }
+                    // systemd's FileDescriptorName= rules: printable, no ':'.
+                    Some(("name", v)) => {
+                        let v = v.trim();
+                        let ok = !v.is_empty()
+                            && v.len() <= 255
+                            && v.chars().all(|c| c.is_ascii_graphic() && c != ':');
+                        out.name = Some(Some(v.to_string()).filter(|_| ok).ok_or_else(bad)?);
                     }
                     _ => {
                         return Err(BindSpecError::UnknownOption {
@@ -271,6 +283,40 @@ impl BoundSocket {
     /// Identity across config reloads: two specs with the same key share a socket.
     pub fn key(&self) -> String {
         self.spec.addr_text()
+    }
+
+    /// Adopt a listening socket handed to us by a service manager (systemd socket
+    /// activation, see `crate::activation`) for `spec`. The fd is made
+    /// close-on-exec like every master socket; O_NONBLOCK is set as the spec says
+    /// (it is shared with the manager's copy). A unix socket file belongs to the
+    /// manager: it is never removed by us.
+    pub fn from_inherited(spec: &BindSpec, fd: OwnedFd) -> Result<BoundSocket, BindError> {
+        let addr = spec.addr_text();
+        let io = |op: &'static str| {
+            let addr = addr.clone();
+            move |source| BindError::Io { addr, op, source }
+        };
+        let sock = Socket::from(fd);
+        sock.set_cloexec(true).map_err(io("set FD_CLOEXEC"))?;
+        if !sock.is_listener().map_err(io("check SO_ACCEPTCONN"))? {
+            return Err(io("adopt inherited fd")(io::Error::other(
+                "not a listening socket",
+            )));
+        }
+        sock.set_nonblocking(spec.nonblock)
+            .map_err(io("set O_NONBLOCK"))?;
+        let local = sock.local_addr().map_err(io("getsockname"))?;
+        let local_addr = match (local.as_socket(), local.as_pathname()) {
+            (Some(a), _) => a.to_string(),
+            (None, Some(p)) => format!("unix:{}", p.display()),
+            (None, None) => addr.clone(),
+        };
+        Ok(BoundSocket {
+            spec: spec.clone(),
+            fd: OwnedFd::from(sock),
+            local_addr,
+            unix_owner: None,
+        })
     }
 
     /// Leave the unix socket file in place on drop. For handing the socket to a

@@ -253,6 +253,11 @@ struct Args {
     #[arg(short = 'c', long = "command-name", value_name = "NAME")]
     command_name: Option<String>,
 
+    /// Become a child subreaper (PR_SET_CHILD_SUBREAPER): orphans of workers are
+    /// re-parented to the master and reaped quietly, as by PID 1 in a container
+    #[arg(long)]
+    subreaper: bool,
+
     /// At most N unacked workers at a time while upgrading [default: number of CPUs]
     #[arg(long = "max-unacked", value_name = "N")]
     max_unacked: Option<usize>,
@@ -657,6 +662,9 @@ fn apply_globals(a: &Args, cfg: &mut Config) {
     }
     if a.command_name.is_some() {
         cfg.master.command_name = a.command_name.clone();
+    }
+    if a.subreaper {
+        cfg.master.subreaper = true;
     }
 }
 

@@ -85,6 +85,8 @@ pub struct MasterConfig {
     pub pidfile: Option<PathBuf>,
     pub lockfile: Option<PathBuf>,
     pub command_name: Option<String>,
+    /// `--subreaper` / `subreaper = true`: reap orphaned grandchildren (PR_SET_CHILD_SUBREAPER).
+    pub subreaper: bool,
 }
 
 /// How a worker proves it is ready.
@@ -94,6 +96,27 @@ pub enum AckMode {
     Timer,
     /// Must send `worker:ack` within `ack_timeout`.
     Manual,
+    /// Must send `READY=1` to the master's NOTIFY_SOCKET within `ack_timeout`
+    /// (workers written for systemd's `Type=notify`; see `crate::notify_ack`).
+    Notify,
+}
+
+/// Which socket-passing conventions a pool's workers get (`socket_protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketProtocol {
+    /// EINHORN_FD_COUNT / EINHORN_FD_n / EINHORN_FDS.
+    pub einhorn: bool,
+    /// Sockets at fds 3.. with LISTEN_FDS / LISTEN_FDNAMES / LISTEN_PID.
+    pub systemd: bool,
+}
+
+impl Default for SocketProtocol {
+    fn default() -> SocketProtocol {
+        SocketProtocol {
+            einhorn: true,
+            systemd: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +158,11 @@ pub struct PoolConfig {
     pub command_socket_as_fd: bool,
     /// einhorn `-k`: workers get `stop_signal` if the master dies (PR_SET_PDEATHSIG).
     pub kill_children_on_exit: bool,
+    /// `socket_protocol = ["einhorn"]` (default), `["systemd"]` or both.
+    pub socket_protocol: SocketProtocol,
+    /// `ack = "notify"`: an acked worker must send WATCHDOG=1 at least this often
+    /// (it gets WATCHDOG_USEC) or it is replaced.
+    pub watchdog: Option<Duration>,
 }
 
 pub const DEFAULT_UPGRADE_RETRIES: u32 = 3;
@@ -177,6 +205,8 @@ impl PoolConfig {
             watch: Vec::new(),
             command_socket_as_fd: false,
             kill_children_on_exit: false,
+            socket_protocol: SocketProtocol::default(),
+            watchdog: None,
         }
     }
 
@@ -377,10 +407,34 @@ pub fn parse_ack_mode(s: &str) -> Result<AckMode, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "timer" => Ok(AckMode::Timer),
         "manual" => Ok(AckMode::Manual),
+        "notify" => Ok(AckMode::Notify),
         _ => Err(format!(
-            "unknown ack mode {s:?} (expected \"timer\" or \"manual\")"
+            "unknown ack mode {s:?} (expected \"timer\", \"manual\" or \"notify\")"
         )),
     }
+}
+
+/// Parse `socket_protocol`: a non-empty list of `"einhorn"` and `"systemd"`.
+pub fn parse_socket_protocol(list: &[String]) -> Result<SocketProtocol, String> {
+    let mut sp = SocketProtocol {
+        einhorn: false,
+        systemd: false,
+    };
+    for s in list {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "einhorn" => sp.einhorn = true,
+            "systemd" => sp.systemd = true,
+            _ => {
+                return Err(format!(
+                    "unknown socket protocol {s:?} (expected \"einhorn\" and/or \"systemd\")"
+                ))
+            }
+        }
+    }
+    if !sp.einhorn && !sp.systemd {
+        return Err("must name at least one of \"einhorn\" and \"systemd\"".into());
+    }
+    Ok(sp)
 }
 
 /// Parse an upgrade strategy: `"smooth"` or `"fleet"`.
@@ -572,11 +626,21 @@ impl Config {
                         .into(),
                 );
             }
-            if pool.ack == AckMode::Manual && pool.ack_timeout.is_zero() {
+            if pool.ack != AckMode::Timer && pool.ack_timeout.is_zero() {
                 err(
                     format!("{p}.ack_timeout"),
-                    "must be more than 0 in manual ack mode".into(),
+                    "must be more than 0 in manual and notify ack modes".into(),
                 );
+            }
+            if pool.watchdog.is_some() && pool.ack != AckMode::Notify {
+                err(
+                    format!("{p}.watchdog"),
+                    "needs ack = \"notify\" (workers ping with WATCHDOG=1 on the notify socket)"
+                        .into(),
+                );
+            }
+            if pool.watchdog.is_some_and(|w| w.is_zero()) {
+                err(format!("{p}.watchdog"), "must be more than 0".into());
             }
             for (i, v) in pool.drop_env.iter().enumerate() {
                 if v.is_empty() || v.contains('=') || v.contains('\0') {
@@ -702,6 +766,12 @@ impl Config {
             let ack = match p.ack {
                 AckMode::Timer => format!("timer ({})", fmt_duration(p.ack_timer)),
                 AckMode::Manual => format!("manual (within {})", fmt_duration(p.ack_timeout)),
+                AckMode::Notify => format!(
+                    "notify (READY=1 within {}{})",
+                    fmt_duration(p.ack_timeout),
+                    p.watchdog
+                        .map_or(String::new(), |w| format!(", watchdog {}", fmt_duration(w)))
+                ),
             };
             let _ = writeln!(s, "  ack:      {ack}");
             let surge = match p.max_surge {
@@ -737,7 +807,7 @@ const TOP_KEYS: &[&str] = &["control", "log", "watch", "master", "pools"];
 const CONTROL_KEYS: &[&str] = &["socket", "mode", "allow_uids"];
 const LOG_KEYS: &[&str] = &["level", "syslog"];
 const WATCH_KEYS: &[&str] = &["enabled", "debounce"];
-const MASTER_KEYS: &[&str] = &["pidfile", "lockfile", "command_name"];
+const MASTER_KEYS: &[&str] = &["pidfile", "lockfile", "command_name", "subreaper"];
 const POOL_KEYS: &[&str] = &[
     "command",
     "count",
@@ -758,6 +828,8 @@ const POOL_KEYS: &[&str] = &[
     "watch",
     "command_socket_as_fd",
     "kill_children_on_exit",
+    "socket_protocol",
+    "watchdog",
 ];
 
 struct Walker<'a> {
@@ -1079,6 +1151,11 @@ impl Walker<'_> {
                 "pidfile" => out.pidfile = self.path(&key, v),
                 "lockfile" => out.lockfile = self.path(&key, v),
                 "command_name" => out.command_name = self.string(&key, v),
+                "subreaper" => {
+                    if let Some(b) = self.boolean(&key, v) {
+                        out.subreaper = b;
+                    }
+                }
                 _ => self.unknown("master", &name, kspan, MASTER_KEYS),
             }
         }
@@ -1248,6 +1325,15 @@ impl Walker<'_> {
                         p.kill_children_on_exit = b;
                     }
                 }
+                "socket_protocol" => {
+                    if let Some(list) = self.strings(&key, v) {
+                        match parse_socket_protocol(&list) {
+                            Ok(sp) => p.socket_protocol = sp,
+                            Err(e) => self.error(&key, v.span(), e),
+                        }
+                    }
+                }
+                "watchdog" => p.watchdog = self.duration(&key, v),
                 _ => self.unknown(&table, &name, kspan, POOL_KEYS),
             }
         }
@@ -1347,6 +1433,8 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             o.kill_children_on_exit != n.kill_children_on_exit,
             "kill_children_on_exit",
         );
+        check(o.socket_protocol != n.socket_protocol, "socket_protocol");
+        check(o.watchdog != n.watchdog, "watchdog");
         let retune = o.retries != n.retries
             || o.respawn_delay != n.respawn_delay
             || o.stop_signal != n.stop_signal
@@ -1633,6 +1721,33 @@ binds = ["unix:/tmp/s.sock", "127.0.0.1:9000"]
         assert_eq!(e.len(), 2, "{e:?}");
         let e = errors_of("[pools.a]\ncommand=[\"a\"]\nack = \"manual\"\nack_timeout = 0\n");
         assert_eq!(e[0].key, "pools.a.ack_timeout");
+    }
+
+    #[test]
+    fn socket_protocol_ack_notify_and_watchdog() -> Result<(), ConfigErrors> {
+        let c = Config::from_toml_str(
+            "[pools.a]\ncommand=[\"a\"]\nsocket_protocol = [\"systemd\", \"einhorn\"]\nack = \"notify\"\nwatchdog = \"2s\"\n[pools.b]\ncommand=[\"b\"]\nsocket_protocol = [\"systemd\"]\n",
+            None,
+        )?;
+        let a = &c.pools["a"];
+        assert_eq!(
+            a.socket_protocol,
+            SocketProtocol {
+                einhorn: true,
+                systemd: true
+            }
+        );
+        assert_eq!(a.ack, AckMode::Notify);
+        assert_eq!(a.watchdog, Some(Duration::from_secs(2)));
+        assert!(!c.pools["b"].socket_protocol.einhorn && c.pools["b"].socket_protocol.systemd);
+        assert_eq!(c.pools["b"].watchdog, None, "no watchdog unless asked");
+        let e = errors_of("[pools.a]\ncommand=[\"a\"]\nsocket_protocol = []\n");
+        assert_eq!(e[0].key, "pools.a.socket_protocol");
+        let e = errors_of("[pools.a]\ncommand=[\"a\"]\nsocket_protocol = [\"inetd\"]\n");
+        assert!(e[0].message.contains("inetd"), "{}", e[0].message);
+        let e = errors_of("[pools.a]\ncommand=[\"a\"]\nwatchdog = \"1s\"\n");
+        assert_eq!(e[0].key, "pools.a.watchdog");
+        Ok(())
     }
 
     #[test]

@@ -9,12 +9,16 @@
 //! carries out their actions; `control` speaks the einhorn-compatible control
 //! protocol on a unix socket.
 
+pub mod activation;
 pub mod bind;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod log;
 pub mod master;
+pub mod notify_ack;
 pub mod pool;
+pub mod sdnotify;
 pub mod timer;
+pub mod watch;
 pub mod worker;

@@ -15,23 +15,20 @@ pub enum LogError {
 
 /// Install the global logger. Syslog problems are reported and skipped, never fatal.
 pub fn init(level: LevelFilter, syslog: bool, process_name: &str) -> Result<(), LogError> {
-    let stderr = fern::Dispatch::new()
-        .format(|out, message, record| {
-            out.finish(format_args!(
-                "{} {:<5} {}",
-                humantime::format_rfc3339_millis(SystemTime::now()),
-                record.level(),
-                message
-            ))
-        })
-        // One write(2) per line: fern's stderr output writes every formatted
-        // fragment separately (about a dozen syscalls per line, a quarter of the
-        // master's CPU when spawning thousands of workers), and workers that share
-        // the stream could interleave with the fragments.
-        .chain(fern::Output::call(|record| {
-            let line = format!("{}\n", record.args());
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-        }));
+    // Workers usually share the master's stderr (a terminal, the journal, a
+    // container log). Each line is formatted into one buffer and written with a
+    // single write(2), so lines from the master and workers never interleave
+    // mid-line (std's stderr is unbuffered: formatting straight into it issues a
+    // write per fragment).
+    let stderr = fern::Dispatch::new().chain(fern::Output::call(|record| {
+        let line = format!(
+            "{} {:<5} {}\n",
+            humantime::format_rfc3339_millis(SystemTime::now()),
+            record.level(),
+            record.args()
+        );
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }));
     let mut root = fern::Dispatch::new()
         .level(LevelFilter::Trace)
         .chain(stderr);

@@ -9,6 +9,10 @@ use einhyrningsins::config::Config;
 use einhyrningsins::master::Master;
 
 fn main() -> ExitCode {
+    // Hidden: `--exec-trampoline PROGRAM ARGS...` (src/activation.rs) execs PROGRAM.
+    if let Some(status) = einhyrningsins::activation::trampoline_main() {
+        return ExitCode::from(status);
+    }
     let config = match cli::parse_args(std::env::args_os()) {
         Ok(Invocation::Run(config)) => config,
         Ok(Invocation::Check(path)) => return check(&path),

@@ -33,10 +33,13 @@ use crate::control::codec::{self, Encoding, Reply};
 use crate::control::server::{ConnId, ControlError, ControlServer, Input, CONN_BASE};
 use crate::pool::{Action, Pid, Pool, Shutdown, UpgradeId};
 use crate::timer::TimerQueue;
+use crate::watch::{resolve_executable, Debouncer, FileWatcher};
 use crate::worker::{self, SpawnContext};
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
+/// The file watcher's thread wakes the loop through a mio Waker on this token.
+const WATCH: Token = Token(2);
 /// Forks per loop turn: between batches the loop serves acks and clients, so a
 /// pool of thousands starts without starving the control socket.
 const SPAWN_BATCH: usize = 64;
@@ -76,6 +79,24 @@ impl MasterError {
             _ => 1,
         }
     }
+}
+
+/// Who wanted a watched file: a change rolls that pool, or reloads the config.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum WatchOwner {
+    Config,
+    Pool(String),
+}
+
+/// What a deadline in the loop's queue is for.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Deadline {
+    Pool(String),
+    /// The watcher's debounce quiet time.
+    Debounce,
+    /// systemd notifications (STATUS rate limit, WATCHDOG): handled by
+    /// `sd_turn`, which runs every loop turn.
+    SdNotify,
 }
 
 /// How the master is winding down.
@@ -129,7 +150,9 @@ pub struct Master {
     poll: Poll,
     signals: Signals,
     pub(crate) control: ControlServer,
-    timers: TimerQueue<String>,
+    timers: TimerQueue<Deadline>,
+    watcher: Option<FileWatcher<WatchOwner>>,
+    debounce: Debouncer<WatchOwner>,
     pub(crate) started: Instant,
     pub(crate) pid: Pid,
     phase: Phase,
@@ -152,6 +175,10 @@ pub struct Master {
     pub(crate) last_reload: Option<ReloadRecord>,
     _lock: Option<File>,
     pidfile: Option<PathBuf>,
+    /// systemd notifications (src/sdnotify.rs).
+    sd: crate::sdnotify::Supervisor,
+    /// `ack = "notify"`: the workers' NOTIFY_SOCKET, bound on first use (src/notify_ack.rs).
+    pub(crate) notify_ack: Option<crate::notify_ack::WorkerNotify>,
 }
 
 impl Master {
@@ -164,15 +191,21 @@ impl Master {
         };
         let control = ControlServer::bind(&config.control.socket, config.control.mode)?;
         let mut pools = BTreeMap::new();
+        // systemd socket activation: inherited fds first (src/activation.rs).
+        let mut inherited = crate::activation::Inherited::from_env();
         for (name, spec) in &config.pools {
             let mut sockets = Vec::new();
             for (i, b) in spec.binds.iter().enumerate() {
-                let sock =
-                    bind::bind(b, bind::DEFAULT_BACKLOG).map_err(|source| MasterError::Bind {
-                        pool: name.clone(),
-                        location: config.locate(&format!("pools.{name}.binds[{i}]")),
-                        source,
-                    })?;
+                let sock = match inherited.take(name, b) {
+                    Some(s) => s,
+                    None => bind::bind(b, bind::DEFAULT_BACKLOG).map_err(|source| {
+                        MasterError::Bind {
+                            pool: name.clone(),
+                            location: config.locate(&format!("pools.{name}.binds[{i}]")),
+                            source,
+                        }
+                    })?,
+                };
                 log::info!("pool {name}: listening on {}", sock.local_addr());
                 sockets.push(sock);
             }
@@ -181,6 +214,7 @@ impl Master {
                 PoolEntry::new(Pool::new(Arc::new(spec.clone())), sockets),
             );
         }
+        inherited.finish();
         let pidfile = match &config.master.pidfile {
             Some(p) => {
                 write_pidfile(p)?;
@@ -210,6 +244,15 @@ impl Master {
         if let Some(name) = &config.master.command_name {
             set_process_name(name);
         }
+        if config.master.subreaper {
+            // SAFETY: prctl with integer arguments only.
+            if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == -1 {
+                log::warn!(
+                    "--subreaper: PR_SET_CHILD_SUBREAPER failed: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
         Ok(Master {
             config,
             pools,
@@ -218,6 +261,8 @@ impl Master {
             signals,
             control,
             timers: TimerQueue::new(),
+            watcher: None,
+            debounce: Debouncer::new(crate::config::DEFAULT_DEBOUNCE),
             started: Instant::now(),
             pid: std::process::id() as Pid,
             phase: Phase::Running,
@@ -231,6 +276,8 @@ impl Master {
             last_reload: None,
             _lock: lock,
             pidfile,
+            sd: crate::sdnotify::Supervisor::from_env(),
+            notify_ack: None,
         })
     }
 
@@ -255,6 +302,7 @@ impl Master {
             self.pools.len(),
             self.control.path().display()
         );
+        self.start_watcher();
         let now = Instant::now();
         let names: Vec<String> = self.pools.keys().cloned().collect();
         for name in names {
@@ -266,6 +314,7 @@ impl Master {
         let mut events = Events::with_capacity(256);
         loop {
             self.rearm();
+            self.sd_turn();
             if self.exit_now || (self.phase == Phase::Draining && self.pools.is_empty()) {
                 break;
             }
@@ -283,11 +332,13 @@ impl Master {
             for ev in events.iter() {
                 match ev.token() {
                     SIGNALS => self.on_signals(),
+                    WATCH => self.on_watch_events(),
                     CONTROL => {
                         for id in self.control.accept(self.poll.registry()) {
                             self.on_new_conn(id);
                         }
                     }
+                    crate::notify_ack::TOKEN => self.on_worker_notify(),
                     Token(t) if t >= CONN_BASE => {
                         if ev.is_writable() {
                             self.control.flush(self.poll.registry(), t);
@@ -300,10 +351,16 @@ impl Master {
                 }
             }
             let now = Instant::now();
-            for name in self.timers.pop_due(now) {
-                if let Some(e) = self.pools.get_mut(&name) {
-                    let actions = e.pool.tick(now);
-                    self.execute(&name, actions);
+            for due in self.timers.pop_due(now) {
+                match due {
+                    Deadline::Pool(name) => {
+                        if let Some(e) = self.pools.get_mut(&name) {
+                            let actions = e.pool.tick(now);
+                            self.execute(&name, actions);
+                        }
+                    }
+                    Deadline::Debounce => self.on_debounced(now),
+                    Deadline::SdNotify => {}
                 }
             }
             self.run_spawns(SPAWN_BATCH);
@@ -312,12 +369,145 @@ impl Master {
         Ok(0)
     }
 
+    /// systemd: READY/STATUS/WATCHDOG as due (src/sdnotify.rs), woken by the queue.
+    fn sd_turn(&mut self) {
+        // Not under systemd: nothing to summarise (this runs every loop turn).
+        if !self.sd.active() {
+            return;
+        }
+        let snap = crate::sdnotify::Snapshot::of(&self.pools, self.is_shutting_down());
+        if let Some(at) = self.sd.turn(Instant::now(), &snap) {
+            self.timers.arm(Deadline::SdNotify, at);
+        }
+    }
+
     /// Re-arm the loop's wake-up for pools whose deadlines may have moved.
     fn rearm(&mut self) {
         for name in std::mem::take(&mut self.dirty) {
             if let Some(at) = self.pools.get(&name).and_then(|e| e.pool.next_deadline()) {
-                self.timers.arm(name, at);
+                self.timers.arm(Deadline::Pool(name), at);
             }
+        }
+    }
+
+    // ---- file watching ---------------------------------------------------------
+
+    /// Start the watcher thread (if enabled) and watch what the config names.
+    fn start_watcher(&mut self) {
+        if !self.config.watch.enabled {
+            log::info!("file watching is off");
+            return;
+        }
+        let waker = match mio::Waker::new(self.poll.registry(), WATCH) {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                log::error!("file watching disabled: could not create a waker: {e}");
+                return;
+            }
+        };
+        match FileWatcher::new(waker) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => {
+                log::error!("file watching disabled: {e}");
+                return;
+            }
+        }
+        self.watch_config();
+    }
+
+    /// (Re)compute the watched files: each pool's resolved executable and its
+    /// `watch` paths, and the config file.
+    fn watch_config(&mut self) {
+        self.debounce.set_delay(self.config.watch.debounce);
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let mut wanted: BTreeMap<PathBuf, Vec<WatchOwner>> = BTreeMap::new();
+        let mut add = |p: PathBuf, o: WatchOwner| wanted.entry(cwd.join(p)).or_default().push(o);
+        if let Some(src) = &self.config.source {
+            add(src.clone(), WatchOwner::Config);
+        }
+        for (name, pool) in &self.config.pools {
+            let owner = WatchOwner::Pool(name.clone());
+            let path_env = match pool.env.get("PATH") {
+                Some(p) => Some(std::ffi::OsString::from(p)),
+                None if pool.drop_env.iter().any(|v| v == "PATH") => None,
+                None => std::env::var_os("PATH"),
+            };
+            if let Some(cmd0) = pool.command.first() {
+                match resolve_executable(cmd0, pool.cwd.as_deref(), path_env.as_deref()) {
+                    Some(exe) => add(exe, owner.clone()),
+                    None => log::warn!("pool {name}: {cmd0:?} not found in PATH; not watching it"),
+                }
+            }
+            for w in &pool.watch {
+                add(w.clone(), owner.clone());
+            }
+        }
+        let n = wanted.len();
+        for problem in watcher.set(wanted) {
+            log::warn!("watch: {problem}");
+        }
+        log::debug!("watching {n} file(s) for changes");
+    }
+
+    fn on_watch_events(&mut self) {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let report = watcher.take_events();
+        for problem in report.problems {
+            log::warn!("watch: {problem}");
+        }
+        let now = Instant::now();
+        for change in report.changed {
+            for owner in change.owners {
+                let what = match &owner {
+                    WatchOwner::Config => "the configuration will be reloaded".to_string(),
+                    WatchOwner::Pool(p) => format!("pool {p} will roll"),
+                };
+                // One line per burst; the rest of a burst only at debug.
+                if self.debounce.is_pending(&owner) {
+                    log::debug!("watch: {} changed again", change.path.display());
+                } else {
+                    log::info!(
+                        "watch: {} changed; {what} after {:?} without further changes",
+                        change.path.display(),
+                        self.debounce.delay()
+                    );
+                }
+                self.debounce.event(owner, now);
+            }
+        }
+        if let Some(at) = self.debounce.next_deadline() {
+            self.timers.arm(Deadline::Debounce, at);
+        }
+    }
+
+    fn on_debounced(&mut self, now: Instant) {
+        let due = self.debounce.due(now);
+        // Reload first: it may roll pools itself, which then need no second roll.
+        let mut rolled = Vec::new();
+        if due.contains(&WatchOwner::Config) {
+            if let Ok((_, r)) = self.reload("config file changed") {
+                rolled = r;
+            }
+        }
+        for owner in due {
+            let WatchOwner::Pool(name) = owner else {
+                continue;
+            };
+            if rolled.contains(&name) || self.pools.get(&name).is_none_or(|e| e.removing) {
+                continue;
+            }
+            match self.start_upgrade(Some(&name), None, None) {
+                Ok(_) => self.note_change(&name, "rolled (a watched file changed)".into()),
+                Err(e) => log::warn!("watch: pool {name}: {e}"),
+            }
+        }
+        if let Some(at) = self.debounce.next_deadline() {
+            self.timers.arm(Deadline::Debounce, at);
         }
     }
 
@@ -485,12 +675,18 @@ impl Master {
                 Err(e) => return Err(format!("could not create the -g socketpair: {e}")),
             }
         }
+        let notify = if spec.ack == crate::config::AckMode::Notify {
+            self.worker_notify_address()
+        } else {
+            None
+        };
         let ctx = SpawnContext {
             sockets: &fds,
             control_path: self.control.path(),
             master_pid: self.pid,
             index,
             control_fd: pair.as_ref().map(|(_, t)| t.as_raw_fd()),
+            notify_socket: notify.as_deref(),
         };
         let pid = worker::spawn(spec, &ctx).map_err(|e| e.to_string())?;
         if let Some((ours, _theirs)) = pair {
@@ -543,6 +739,9 @@ impl Master {
                 };
                 let bytes = codec::encode(&reply, w.encoding);
                 self.control.write(self.poll.registry(), w.conn, &bytes);
+                if self.control.peer_eof(w.conn) {
+                    self.control.close_after_flush(self.poll.registry(), w.conn);
+                }
             }
         }
     }
@@ -563,7 +762,12 @@ impl Master {
         let names: Vec<String> = match pool {
             Some(p) if self.pools.contains_key(p) => vec![p.to_string()],
             Some(p) => return Err(self.unknown_pool(p)),
-            None => self.pools.keys().cloned().collect(),
+            None => self
+                .pools
+                .iter()
+                .filter(|(_, e)| !e.removing)
+                .map(|(n, _)| n.clone())
+                .collect(),
         };
         let wid = self.next_waiter;
         self.next_waiter += 1;
@@ -612,6 +816,7 @@ impl Master {
     }
 
     pub(crate) fn shutdown(&mut self, how: Shutdown) {
+        self.sd.stopping();
         self.phase = Phase::Draining;
         let now = Instant::now();
         let names: Vec<String> = self.pools.keys().cloned().collect();
@@ -708,6 +913,12 @@ impl Master {
     /// HUP: re-read the config (with `--config`), then roll every pool the reload
     /// did not already roll.
     fn on_hup(&mut self) {
+        let sd_reload = self.sd.begin_reload();
+        self.on_hup_inner();
+        self.sd.end_reload(sd_reload);
+    }
+
+    fn on_hup_inner(&mut self) {
         let mut rolled = Vec::new();
         if self.config.source.is_some() {
             match self.reload("SIGHUP") {
@@ -747,7 +958,9 @@ impl Master {
     /// pools are not touched. Nothing is applied unless the whole new file is valid
     /// and every new address binds. Returns a summary and the pools rolled.
     pub(crate) fn reload(&mut self, trigger: &str) -> Result<(String, Vec<String>), String> {
+        let sd_reload = self.sd.begin_reload();
         let result = self.reload_inner(trigger);
+        self.sd.end_reload(sd_reload);
         let record = ReloadRecord {
             at: Instant::now(),
             trigger: trigger.to_string(),
@@ -812,7 +1025,7 @@ impl Master {
                     None => {
                         let s = bind::bind(b, bind::DEFAULT_BACKLOG).map_err(|e| {
                             format!(
-                                "{}: pool {name}: {e}",
+                                "{}: pools.{name}.binds[{i}]: {e}",
                                 new.locate(&format!("pools.{name}.binds[{i}]"))
                             )
                         })?;
@@ -935,6 +1148,10 @@ impl Master {
             parts.push(format!("unchanged {}", d.unchanged.join(", ")));
         }
         self.config = new;
+        for name in &d.removed {
+            self.debounce.cancel(&WatchOwner::Pool(name.clone()));
+        }
+        self.watch_config();
         let summary = format!(
             "Reloaded {}: {}",
             path.display(),
@@ -1037,6 +1254,10 @@ impl Master {
         if !self.control.is_open(id) {
             self.forget_conn(id);
         }
+    }
+
+    pub(crate) fn registry(&self) -> &mio::Registry {
+        self.poll.registry()
     }
 
     pub(crate) fn rolling_uptime(&self) -> Duration {

@@ -42,6 +42,10 @@ pub enum StopReason {
     Shutdown,
     /// Manual ack mode: no ack within `ack_timeout`; killed.
     AckTimeout,
+    /// Notify ack mode: no WATCHDOG=1 within the pool's `watchdog`; killed.
+    Watchdog,
+    /// The worker said STOPPING=1 on the notify socket.
+    WorkerStopping,
     /// New-version worker stopped because its upgrade was abandoned or superseded.
     Abandoned,
 }
@@ -54,6 +58,8 @@ impl StopReason {
             StopReason::Shutdown => "shutdown",
             StopReason::AckTimeout => "ack timeout",
             StopReason::Abandoned => "upgrade abandoned",
+            StopReason::Watchdog => "watchdog timeout",
+            StopReason::WorkerStopping => "worker said STOPPING=1",
         }
     }
 }
@@ -94,6 +100,10 @@ pub struct Worker {
     pub signals: Vec<Signal>,
     /// Last `worker:ping`: when, and the request_id it carried.
     pub last_ping: Option<(Instant, Option<String>)>,
+    /// Last STATUS= the worker sent on the notify socket (`ack = "notify"`).
+    pub notify_status: Option<String>,
+    /// Notify mode with `watchdog`: killed if no WATCHDOG=1 by then.
+    pub watchdog_at: Option<Instant>,
 }
 
 impl Worker {
@@ -160,6 +170,8 @@ pub struct UpgradeOutcome {
 enum TimerKey {
     Deadline(WorkerId),
     Respawn,
+    /// `ack = "notify"` with `watchdog`: the worker's WATCHDOG=1 deadline.
+    Watchdog(WorkerId),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -341,7 +353,7 @@ impl Pool {
                 let deadline = now
                     + match w.spec.ack {
                         AckMode::Timer => w.spec.ack_timer,
-                        AckMode::Manual => w.spec.ack_timeout,
+                        AckMode::Manual | AckMode::Notify => w.spec.ack_timeout,
                     };
                 w.state = WorkerState::Unacked { deadline };
                 self.by_pid.insert(pid, id);
@@ -366,7 +378,7 @@ impl Pool {
             Err(e) => {
                 log::error!("pool {}: could not spawn worker: {}", self.name, e);
                 if let Some(w) = self.remove(id) {
-                    self.count_failure(&w, now, &mut out);
+                    self.count_failure(&w, &format!("could not spawn: {e}"), now, &mut out);
                 }
             }
         }
@@ -394,9 +406,23 @@ impl Pool {
         out
     }
 
-    /// A worker said it is ready (`worker:ack`).
+    /// A worker said it is ready (`worker:ack`, or READY=1 for notify pools).
+    /// In timer mode this is ignored, as einhorn does: only surviving `ack_timer`
+    /// counts, so a worker that acks and crashes at once is still backed off as a
+    /// crash loop.
     pub fn ack(&mut self, pid: Pid, now: Instant) -> Result<Vec<Action>, PoolError> {
         let id = self.id_of(pid)?;
+        if self
+            .workers
+            .get(&id)
+            .is_some_and(|w| w.spec.ack == AckMode::Timer)
+        {
+            log::debug!(
+                "pool {}: ack from pid {pid} ignored: this pool acks by timer",
+                self.name
+            );
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
         self.mark_acked(id, now, &mut out);
         self.reconcile(now, &mut out);
@@ -417,6 +443,82 @@ impl Pool {
         Ok(())
     }
 
+    // ---- the notify socket (`ack = "notify"`, see crate::notify_ack) ----------
+
+    /// STATUS= from a worker: kept for `status`/`state`.
+    pub fn notify_status(&mut self, pid: Pid, status: String) -> Result<(), PoolError> {
+        let id = self.id_of(pid)?;
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.notify_status = Some(status);
+        }
+        Ok(())
+    }
+
+    /// WATCHDOG=1 from a worker: push its watchdog deadline back.
+    pub fn watchdog_ping(&mut self, pid: Pid, now: Instant) -> Result<(), PoolError> {
+        let id = self.id_of(pid)?;
+        let Some(w) = self.workers.get_mut(&id) else {
+            return Ok(());
+        };
+        let (Some(old), Some(every)) = (w.watchdog_at, w.spec.watchdog) else {
+            return Ok(());
+        };
+        w.watchdog_at = Some(now + every);
+        self.timers.remove(&(old, TimerKey::Watchdog(id)));
+        self.timers.insert((now + every, TimerKey::Watchdog(id)));
+        Ok(())
+    }
+
+    /// STOPPING=1 from a worker: it is on its way out. Mark it draining (no
+    /// signal: it is already stopping; SIGKILL after `stop_timeout`) so that a
+    /// replacement starts now.
+    pub fn worker_stopping(&mut self, pid: Pid, now: Instant) -> Result<Vec<Action>, PoolError> {
+        let id = self.id_of(pid)?;
+        let mut out = Vec::new();
+        let Some(w) = self.workers.get(&id).cloned() else {
+            return Ok(out);
+        };
+        if w.is_draining() || w.state == WorkerState::Spawning {
+            return Ok(out);
+        }
+        self.unbucket(&w);
+        if let WorkerState::Unacked { deadline } = w.state {
+            self.timers.remove(&(deadline, TimerKey::Deadline(id)));
+        }
+        let kill_at = now + w.spec.stop_timeout;
+        self.timers.insert((kill_at, TimerKey::Deadline(id)));
+        self.draining += 1;
+        if let Some(wm) = self.workers.get_mut(&id) {
+            wm.state = WorkerState::Draining {
+                since: now,
+                kill_at: Some(kill_at),
+                reason: StopReason::WorkerStopping,
+            };
+        }
+        log::info!(
+            "pool {}: worker pid {pid} said STOPPING=1; draining it",
+            self.name
+        );
+        self.reconcile(now, &mut out);
+        Ok(out)
+    }
+
+    fn watchdog_passed(&mut self, id: WorkerId, at: Instant, now: Instant, out: &mut Vec<Action>) {
+        let Some(w) = self.workers.get(&id) else {
+            return;
+        };
+        if !w.is_acked() || w.watchdog_at != Some(at) {
+            return;
+        }
+        log::warn!(
+            "pool {}: worker pid {} sent no WATCHDOG=1 within {:?}: killing and replacing it",
+            self.name,
+            w.pid.unwrap_or(0),
+            w.spec.watchdog.unwrap_or_default()
+        );
+        self.stop_worker(id, Signal::SIGKILL, StopReason::Watchdog, now, out);
+    }
+
     /// A worker process was reaped. `how` describes the exit for the log.
     /// Returns `None` if the pid is not ours.
     pub fn exited(&mut self, pid: Pid, how: &str, now: Instant) -> Option<Vec<Action>> {
@@ -434,11 +536,16 @@ impl Pool {
                     reason.as_str()
                 );
                 if *reason == StopReason::AckTimeout {
-                    self.count_failure(&w, now, &mut out);
+                    let cause = format!("pid {pid} did not ack within {:?}", w.spec.ack_timeout);
+                    self.count_failure(&w, &cause, now, &mut out);
                 }
             }
             _ => {
                 let ever_acked = w.acked_at.is_some();
+                let cause = format!(
+                    "pid {pid} {how}{}",
+                    if ever_acked { "" } else { " before it acked" }
+                );
                 log::warn!(
                     "pool {}: worker pid {} (index {}, version {}) died unexpectedly: {}{}",
                     self.name,
@@ -454,13 +561,13 @@ impl Pool {
                         .as_ref()
                         .is_some_and(|_| w.version == self.target.0);
                     if in_upgrade {
-                        self.count_failure(&w, now, &mut out);
+                        self.count_failure(&w, &cause, now, &mut out);
                     } else {
                         let at = now + w.spec.respawn_delay;
                         self.set_respawn_at(at.max(self.respawn_at.unwrap_or(at)));
                     }
                 } else {
-                    self.count_failure(&w, now, &mut out);
+                    self.count_failure(&w, &cause, now, &mut out);
                 }
             }
         }
@@ -480,6 +587,7 @@ impl Pool {
             match key {
                 TimerKey::Respawn => {}
                 TimerKey::Deadline(id) => self.deadline_passed(id, now, &mut out),
+                TimerKey::Watchdog(id) => self.watchdog_passed(id, at, now, &mut out),
             }
         }
         self.reconcile(now, &mut out);
@@ -674,7 +782,7 @@ impl Pool {
         match w.state.clone() {
             WorkerState::Unacked { .. } => match w.spec.ack {
                 AckMode::Timer => self.mark_acked(id, now, out),
-                AckMode::Manual => {
+                AckMode::Manual | AckMode::Notify => {
                     log::warn!(
                         "pool {}: worker pid {} did not ack within {:?}: killing it",
                         self.name,
@@ -718,6 +826,10 @@ impl Pool {
         self.timers.remove(&(deadline, TimerKey::Deadline(id)));
         w.state = WorkerState::Acked { at: now };
         w.acked_at = Some(now);
+        if let (AckMode::Notify, Some(every)) = (w.spec.ack, w.spec.watchdog) {
+            w.watchdog_at = Some(now + every);
+            self.timers.insert((now + every, TimerKey::Watchdog(id)));
+        }
         let (index, version, pid) = (w.index, w.version, w.pid.unwrap_or(0));
         if let Some(b) = self.buckets.get_mut(&version) {
             b.unacked.remove(&(index, id));
@@ -748,7 +860,9 @@ impl Pool {
     }
 
     /// A worker died before it acked, or a new version died during its upgrade.
-    fn count_failure(&mut self, w: &Worker, now: Instant, out: &mut Vec<Action>) {
+    /// `cause` (pid and exit status, ack timeout, spawn error) ends up in the
+    /// failed upgrade's reply: the operator learns why without reading the log.
+    fn count_failure(&mut self, w: &Worker, cause: &str, now: Instant, out: &mut Vec<Action>) {
         self.failures = self.failures.saturating_add(1);
         let delay = backoff(w.spec.respawn_delay, self.failures);
         self.set_respawn_at(now + delay);
@@ -759,8 +873,8 @@ impl Pool {
                 if up.failures >= limit {
                     if let Some(up) = self.upgrade.take() {
                         let why = format!(
-                            "version {} failed {} time(s) (last: worker {} before it was ready); old workers keep serving",
-                            w.version, up.failures, if w.acked_at.is_some() { "died" } else { "died or timed out" }
+                            "version {} failed {} time(s) (last: {cause}); old workers keep serving",
+                            w.version, up.failures
                         );
                         self.finish_upgrade(up, Err(why), now, out);
                     }
@@ -885,6 +999,8 @@ impl Pool {
                 acked_at: None,
                 signals: Vec::new(),
                 last_ping: None,
+                notify_status: None,
+                watchdog_at: None,
             },
         );
         self.buckets
@@ -918,6 +1034,9 @@ impl Pool {
                 }
             }
             _ => {}
+        }
+        if let Some(at) = w.watchdog_at {
+            self.timers.remove(&(at, TimerKey::Watchdog(id)));
         }
         self.free_indexes.insert(w.index);
         Some(w)

@@ -13,10 +13,11 @@
 //! tables and then takes copy-on-write faults in the master; without a hook std
 //! uses `posix_spawn` (a vfork-style clone that shares memory until exec), about
 //! half the master's CPU per spawn (docs/performance.md). So the hook is only
-//! used for `PR_SET_PDEATHSIG` (`-k`), which has no posix_spawn equivalent; on the
-//! common path the sockets' FD_CLOEXEC is cleared in the master around the spawn
-//! and set again right after. Only the master's loop thread spawns, so no other
-//! child can inherit them in between.
+//! used for what posix_spawn cannot do: `PR_SET_PDEATHSIG` (`-k`) and the systemd
+//! fd moves. On the common path the master marks its fds close-on-exec itself
+//! (the sweep the hook does in the child) and clears FD_CLOEXEC on the worker's
+//! sockets around the spawn, setting it again right after. Only the master's loop
+//! thread spawns, so no other child can inherit them in between.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -37,6 +38,8 @@ pub struct SpawnContext<'a> {
     pub index: u32,
     /// `-g`: the child end of a socketpair connected to the control server.
     pub control_fd: Option<RawFd>,
+    /// `ack = "notify"`: the master's worker NOTIFY_SOCKET (`crate::notify_ack`).
+    pub notify_socket: Option<&'a str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,14 +72,30 @@ const CHILD_API_VARS: &[&str] = &[
 ];
 
 /// Build the command for one worker (no side effects; exposed for tests). Run it
-/// with [`spawn`]: without `-k` the sockets are made inheritable there, not here.
+/// with [`spawn`]: without a hook ([`needs_hook`]) the sockets are made
+/// inheritable there, not here.
 pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, SpawnError> {
     let Some((program, args)) = spec.command.split_first() else {
         return Err(SpawnError::EmptyCommand {
             pool: spec.name.clone(),
         });
     };
-    let mut cmd = Command::new(program);
+    // systemd socket protocol: sockets move to 3.. (planned here, before the fork)
+    // and the worker starts through the LISTEN_PID trampoline (src/activation.rs).
+    let systemd = spec.socket_protocol.systemd;
+    let (plan, socket_fds, control_fd) = if systemd {
+        let (plan, s, c) = crate::activation::FdPlan::new(ctx.sockets, ctx.control_fd);
+        (Some(plan), s, c)
+    } else {
+        (None, ctx.sockets.to_vec(), ctx.control_fd)
+    };
+    let mut cmd = if systemd {
+        let mut c = Command::new("/proc/self/exe");
+        c.arg(crate::activation::TRAMPOLINE_ARG).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
     cmd.args(args);
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
@@ -84,17 +103,39 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
             cmd.env_remove(&key);
         }
     }
+    // The service manager talks to the master, not to workers (src/sdnotify.rs).
+    for var in crate::sdnotify::SYSTEMD_VARS {
+        cmd.env_remove(var);
+    }
     for var in &spec.drop_env {
         cmd.env_remove(var);
     }
-    let fds: Vec<String> = ctx.sockets.iter().map(|fd| fd.to_string()).collect();
-    cmd.env("EINHORN_FD_COUNT", fds.len().to_string());
-    for (i, fd) in fds.iter().enumerate() {
-        cmd.env(format!("EINHORN_FD_{i}"), fd);
+    let fds: Vec<String> = socket_fds.iter().map(|fd| fd.to_string()).collect();
+    if spec.socket_protocol.einhorn {
+        cmd.env("EINHORN_FD_COUNT", fds.len().to_string());
+        for (i, fd) in fds.iter().enumerate() {
+            cmd.env(format!("EINHORN_FD_{i}"), fd);
+        }
+        cmd.env("EINHORN_FDS", fds.join(" "));
     }
-    cmd.env("EINHORN_FDS", fds.join(" "));
+    if systemd {
+        cmd.env("LISTEN_FDS", fds.len().to_string());
+        cmd.env(
+            "LISTEN_FDNAMES",
+            crate::activation::fd_names(&spec.name, &spec.binds),
+        );
+    }
+    if let Some(path) = ctx
+        .notify_socket
+        .filter(|_| spec.ack == crate::config::AckMode::Notify)
+    {
+        cmd.env("NOTIFY_SOCKET", path);
+        if let Some(w) = spec.watchdog {
+            cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
+        }
+    }
     cmd.env("EINHORN_SOCK_PATH", ctx.control_path);
-    if let Some(fd) = ctx.control_fd {
+    if let Some(fd) = control_fd {
         cmd.env("EINHORN_SOCK_FD", fd.to_string());
     }
     cmd.env("EINHORN_MASTER_PID", ctx.master_pid.to_string());
@@ -109,29 +150,40 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
     cmd.stdin(Stdio::null());
 
     let inherit = inherited(ctx);
-    let Some(sig) = spec
+    let pdeathsig = spec
         .kill_children_on_exit
-        .then_some(spec.stop_signal as libc::c_int)
-    else {
-        // No hook: std uses posix_spawn; `spawn` makes the sockets inheritable.
+        .then_some(spec.stop_signal as libc::c_int);
+    if !needs_hook(spec) {
+        // No hook: std uses posix_spawn; `spawn` does the fd work in the master.
         return Ok(cmd);
-    };
+    }
     let master_pid = ctx.master_pid;
+    // Fallback bound for kernels without close_range(2): computed before fork.
+    let max_fd = max_fd();
     // SAFETY: the closure only makes async-signal-safe libc calls on values
     // captured by copy; it allocates nothing and takes no lock.
     unsafe {
         cmd.pre_exec(move || {
-            for &fd in &inherit {
+            // fds the master itself inherited without close-on-exec (from a shell,
+            // a supervisor, a test runner) must not reach workers either: mark
+            // everything above stderr close-on-exec, then open up our sockets.
+            cloexec_above_stderr(max_fd);
+            if let Some(plan) = &plan {
+                plan.apply()?;
+            }
+            for &fd in inherit.iter().filter(|_| plan.is_none()) {
                 if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                     return Err(io::Error::last_os_error());
                 }
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) == -1 {
-                return Err(io::Error::last_os_error());
-            }
-            // The master may have died between fork and prctl.
-            if libc::getppid() != master_pid {
-                libc::kill(libc::getpid(), sig);
+            if let Some(sig) = pdeathsig {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The master may have died between fork and prctl.
+                if libc::getppid() != master_pid {
+                    libc::kill(libc::getpid(), sig);
+                }
             }
             Ok(())
         });
@@ -139,14 +191,53 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
     Ok(cmd)
 }
 
+/// A `pre_exec` hook (and so a full fork) is needed only for what posix_spawn
+/// cannot do: PR_SET_PDEATHSIG (`-k`) and the systemd fd moves.
+fn needs_hook(spec: &PoolConfig) -> bool {
+    spec.kill_children_on_exit || spec.socket_protocol.systemd
+}
+
+/// Mark every fd above stderr close-on-exec (async-signal-safe).
+fn cloexec_above_stderr(max_fd: libc::c_int) {
+    // SAFETY: close_range and fcntl only change fd flags.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            for fd in 3..max_fd {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
+/// One past the highest fd number that may be open (for the close-on-exec sweep
+/// when close_range(2) is missing), capped so a huge limit cannot stall a spawn.
+fn max_fd() -> libc::c_int {
+    // SAFETY: sysconf only reads a system limit.
+    let n = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    if n <= 0 {
+        1024
+    } else {
+        n.min(65_536) as libc::c_int
+    }
+}
+
 /// Fork and exec one worker. Exec failures (missing binary, permission) are
 /// reported here, synchronously: std waits for the exec through a CLOEXEC pipe.
 pub fn spawn(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Pid, SpawnError> {
     let mut cmd = command(spec, ctx)?;
-    // Without a pre_exec hook the child cannot clear FD_CLOEXEC itself.
-    let _inheritable = if spec.kill_children_on_exit {
+    // Without a pre_exec hook the child cannot touch its fds: the master marks
+    // every fd close-on-exec (the master's own are already; this catches what it
+    // inherited itself, as the hook does) and opens up the worker's for the call.
+    let _inheritable = if needs_hook(spec) {
         None
     } else {
+        cloexec_above_stderr(max_fd());
         let fds = inherited(ctx);
         Some(
             Inheritable::new(&fds).map_err(|(fd, source)| SpawnError::Inherit {
@@ -240,6 +331,7 @@ mod tests {
             master_pid: std::process::id() as Pid,
             index: 0,
             control_fd: None,
+            notify_socket: None,
         };
         let pid = spawn(&spec, &ctx).map_err(|e| e.to_string())?;
         match waitpid(NixPid::from_raw(pid), None) {

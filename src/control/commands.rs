@@ -20,6 +20,10 @@ use crate::pool::{Pool, Shutdown, WorkerState};
 pub const COMMANDS: &[(&str, &str)] = &[
     ("ehlo", "say hello (einhornsh does this on connect)"),
     ("help", "this list"),
+    (
+        "check",
+        "readiness probe: ok only when every pool has its count acked (systemd, Kubernetes)",
+    ),
     ("status", "human-readable table of pools and workers"),
     (
         "state",
@@ -111,6 +115,10 @@ impl Master {
     }
 
     fn dispatch(&mut self, conn: ConnId, req: &Request) -> Outcome {
+        // einhornsh cannot send a `pool` field: accept the pool name as the last
+        // argument of the commands that address one pool.
+        let rewritten = self.pool_from_args(req);
+        let req = rewritten.as_ref().unwrap_or(req);
         let pool = req.pool.as_deref();
         match req.command.as_str() {
             "ehlo" => Outcome::Ok(format!(
@@ -120,6 +128,15 @@ impl Master {
                 self.pid
             )),
             "help" => Outcome::Ok(help()),
+            // Readiness probe (src/sdnotify.rs builds the same summary as STATUS=).
+            "check" => {
+                let snap = crate::sdnotify::Snapshot::of(&self.pools, self.is_shutting_down());
+                if snap.settled && !snap.shutting_down {
+                    Outcome::Ok(format!("ready: {}", snap.status))
+                } else {
+                    Outcome::Err(format!("not ready: {}", snap.status))
+                }
+            }
             "version" => Outcome::Ok(format!("einhyrningsins {}", env!("CARGO_PKG_VERSION"))),
             "status" => match self.select(pool) {
                 // No trailing spaces: YAML replies then stay readable `|` blocks.
@@ -235,6 +252,28 @@ impl Master {
         }
     }
 
+    /// `inc web`, `set_workers 4 web`, `upgrade web`: the same request with `pool`.
+    fn pool_from_args(&self, req: &Request) -> Option<Request> {
+        if req.pool.is_some() {
+            return None;
+        }
+        let takes = match req.command.as_str() {
+            "inc" | "dec" | "upgrade" | "upgrade_fleet" | "status" | "state" => 0,
+            "set_workers" => 1,
+            _ => return None,
+        };
+        if req.args.len() != takes + 1 {
+            return None;
+        }
+        let last = req.args.last()?;
+        if !self.pools.contains_key(last) {
+            return None;
+        }
+        let mut r = req.clone();
+        r.pool = r.args.pop();
+        Some(r)
+    }
+
     /// Pools a read command applies to: the one named, or all.
     fn select(&self, pool: Option<&str>) -> Result<Vec<String>, String> {
         match pool {
@@ -295,6 +334,20 @@ impl Master {
                 ""
             }
         );
+        // A refused reload leaves everything running as before, so this line is
+        // the operator's only sign in `status` that their edit was not applied.
+        if let Some(r) = &self.last_reload {
+            let _ = writeln!(
+                s,
+                "last reload ({}) {} ago: {}",
+                r.trigger,
+                ago(now.saturating_duration_since(r.at)),
+                match &r.result {
+                    Ok(m) => m.clone(),
+                    Err(e) => format!("FAILED, configuration unchanged: {e}"),
+                }
+            );
+        }
         for name in names {
             let Some(e) = self.pools.get(name) else {
                 continue;
@@ -312,6 +365,7 @@ impl Master {
                 match p.spec().ack {
                     AckMode::Timer => "timer",
                     AckMode::Manual => "manual",
+                    AckMode::Notify => "notify",
                 },
                 binds.join(", ")
             );
@@ -381,6 +435,9 @@ impl Master {
                     },
                     ping.trim_end()
                 );
+                if let Some(st) = &w.notify_status {
+                    let _ = writeln!(s, "  {:>8} status: {st}", "");
+                }
             }
         }
         s
@@ -419,6 +476,7 @@ impl Master {
                             "secs_ago": secs(now.saturating_duration_since(*t)),
                             "request_id": r,
                         })),
+                        "notify_status": w.notify_status,
                     })
                 })
                 .collect();

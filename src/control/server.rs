@@ -24,6 +24,18 @@ pub const CONN_BASE: usize = 1 << 20;
 
 pub type ConnId = usize;
 
+/// Replies queued for a client beyond this stop the master reading its requests
+/// (backpressure: its writes block) until it has read them down to
+/// [`WBUF_LOW`]. Without it a client that pipelines requests and never reads
+/// makes the master buffer replies without bound.
+pub const WBUF_HIGH: usize = 1024 * 1024;
+/// Queued replies below this resume reading from a throttled client.
+pub const WBUF_LOW: usize = 256 * 1024;
+/// At most this many lines are taken from one connection per loop turn (checked
+/// per 4 KiB read), so one pipelining client can neither starve the others nor
+/// queue much more than [`WBUF_HIGH`] before it is throttled.
+const LINES_PER_TURN: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("another master (pid {pid}) is already listening on control socket {path}")]
@@ -47,11 +59,15 @@ struct Conn {
     close_after_flush: bool,
     /// WRITABLE interest is registered (replies are queued).
     writable_armed: bool,
+    /// Not reading: too many replies queued (see [`WBUF_HIGH`]).
+    throttled: bool,
     uid: Option<u32>,
     pid: Option<i32>,
     /// A worker's `-g` channel (EINHORN_SOCK_FD): kept open after worker:ack,
     /// as einhorn does, so the worker can keep using it.
     persistent: bool,
+    /// The peer shut down its writing side.
+    peer_eof: bool,
 }
 
 /// What a readable connection produced.
@@ -182,9 +198,11 @@ impl ControlServer {
                 wbuf: Vec::new(),
                 close_after_flush: false,
                 writable_armed: false,
+                throttled: false,
                 uid: cred.map(|c| c.uid()),
                 pid: cred.map(|c| c.pid()),
                 persistent: false,
+                peer_eof: false,
             },
         );
         Ok(id)
@@ -195,6 +213,11 @@ impl ControlServer {
         if let Some(c) = self.conns.get_mut(&id) {
             c.persistent = true;
         }
+    }
+
+    /// The peer has shut down its writing side (it only waits for replies).
+    pub fn peer_eof(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.peer_eof)
     }
 
     pub fn is_persistent(&self, id: ConnId) -> bool {
@@ -217,10 +240,36 @@ impl ControlServer {
     pub fn read(&mut self, registry: &Registry, id: ConnId) -> Option<(Vec<Input>, bool)> {
         let conn = self.conns.get_mut(&id)?;
         let mut out = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
+        if conn.wbuf.len() >= WBUF_HIGH && !conn.close_after_flush {
+            // Leave its requests in the kernel; `flush` resumes us.
+            conn.throttled = true;
+            return Some((out, false));
+        }
+        let mut buf = [0u8; 4 * 1024];
         loop {
+            if out.len() >= LINES_PER_TURN {
+                // More may be waiting in the socket (never in `rbuf`: every
+                // complete line read is returned). Re-registering makes epoll
+                // report it again on the next turn, after other clients.
+                let interest = if conn.writable_armed {
+                    Interest::READABLE | Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                if registry
+                    .reregister(&mut conn.stream, Token(id), interest)
+                    .is_err()
+                {
+                    self.close(registry, id);
+                    return None;
+                }
+                return Some((out, false));
+            }
             match conn.stream.read(&mut buf) {
-                Ok(0) => return Some((out, true)),
+                Ok(0) => {
+                    conn.peer_eof = true;
+                    return Some((out, true));
+                }
                 Ok(n) => {
                     if conn.close_after_flush {
                         continue; // discarding: we are about to close
@@ -297,7 +346,13 @@ impl ControlServer {
             return;
         }
         let want = !conn.wbuf.is_empty();
-        if want != conn.writable_armed {
+        let resume = conn.throttled && conn.wbuf.len() < WBUF_LOW;
+        if resume {
+            // Re-registering re-arms the edge: requests that arrived while we
+            // were not reading are reported on the next turn.
+            conn.throttled = false;
+        }
+        if want != conn.writable_armed || resume {
             let interest = if want {
                 Interest::READABLE | Interest::WRITABLE
             } else {

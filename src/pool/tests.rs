@@ -24,9 +24,13 @@ struct Sim {
     max_live_seen: usize,
 }
 
+/// Manual ack (the tests ack workers themselves) with an ack timeout far beyond
+/// any test's time, so it only fires where a test sets it.
 fn spec(count: usize) -> PoolConfig {
     let mut p = PoolConfig::new("web", vec!["./w".into()]);
     p.count = count;
+    p.ack = AckMode::Manual;
+    p.ack_timeout = 3600 * S;
     p.max_unacked = 2;
     p.max_surge = Some(1);
     p
@@ -220,8 +224,18 @@ fn start_spawns_count_workers_with_distinct_indexes() {
 }
 
 #[test]
-fn timer_mode_acks_after_ack_timer() {
-    let mut s = Sim::new(spec(3));
+fn timer_mode_acks_after_ack_timer_and_ignores_explicit_acks() {
+    let mut p = spec(3);
+    p.ack = AckMode::Timer;
+    let mut s = Sim::new(p);
+    let pid = s.unacked()[0];
+    let a = s.pool.ack(pid, s.now);
+    assert_eq!(a, Ok(Vec::new()));
+    assert_eq!(
+        s.pool.acked(),
+        0,
+        "an explicit ack does not count in timer mode"
+    );
     s.advance(Duration::from_millis(999));
     assert_eq!(s.pool.acked(), 0);
     s.advance(Duration::from_millis(1));
@@ -546,6 +560,8 @@ fn a_crashing_new_version_is_abandoned_after_retries_and_old_workers_keep_servin
         panic!("expected failure")
     };
     assert!(why.contains("failed 3 time"), "{why}");
+    // The reply says why: which pid, how it ended.
+    assert!(why.contains("exit status 0 before it acked"), "{why}");
     assert_eq!(s.acked_pids(), old, "old workers untouched");
     assert!(s.draining_pids().is_empty());
     assert_eq!(s.pool.version(), 1, "back to the old version");
@@ -572,7 +588,10 @@ fn ack_timeout_of_new_workers_abandons_the_upgrade() {
             assert!(s.run_next_deadline(), "stuck");
         }
     }
-    assert!(matches!(s.final_outcome(id), Some(Err(_))));
+    let Some(Err(why)) = s.final_outcome(id) else {
+        panic!("expected failure")
+    };
+    assert!(why.contains("did not ack within 5s"), "{why}");
     assert_eq!(s.acked_pids(), old);
 }
 
@@ -671,4 +690,81 @@ fn backoff_grows_by_half_and_caps() {
     assert_eq!(backoff(S, 3), Duration::from_millis(2250));
     assert_eq!(backoff(S, 100), MAX_RESPAWN_DELAY);
     assert_eq!(backoff(Duration::ZERO, 5), Duration::ZERO);
+}
+
+// ---- ack = "notify": READY, WATCHDOG, STOPPING (crate::notify_ack) ----------
+
+fn notify_spec(watchdog: Option<Duration>) -> PoolConfig {
+    let mut p = spec(1);
+    p.ack = AckMode::Notify;
+    p.ack_timeout = 10 * S;
+    p.watchdog = watchdog;
+    p
+}
+
+#[test]
+fn notify_mode_waits_for_ready_like_manual() -> Result<(), PoolError> {
+    let mut sim = Sim::new(notify_spec(None));
+    let pid = sim.pids(|_| true)[0];
+    sim.advance(5 * S);
+    assert_eq!(
+        sim.pool.acked(),
+        0,
+        "time alone does not ack in notify mode"
+    );
+    let a = sim.pool.ack(pid, sim.now)?;
+    sim.apply(a);
+    assert_eq!(sim.pool.acked(), 1);
+    // No watchdog configured: no deadline left.
+    assert_eq!(sim.pool.next_deadline(), None);
+    Ok(())
+}
+
+#[test]
+fn watchdog_pings_keep_a_worker_and_a_miss_replaces_it() -> Result<(), PoolError> {
+    let mut sim = Sim::new(notify_spec(Some(2 * S)));
+    let pid = sim.pids(|_| true)[0];
+    let a = sim.pool.ack(pid, sim.now)?;
+    sim.apply(a);
+    for _ in 0..5 {
+        sim.advance(S);
+        sim.pool.watchdog_ping(pid, sim.now)?;
+    }
+    assert!(sim.pool.worker_by_pid(pid).is_some_and(Worker::is_acked));
+    sim.advance(2 * S);
+    assert_eq!(sim.signals.get(&pid), Some(&vec![Signal::SIGKILL]));
+    assert!(matches!(
+        sim.pool.worker_by_pid(pid).map(|w| &w.state),
+        Some(WorkerState::Draining {
+            reason: StopReason::Watchdog,
+            ..
+        })
+    ));
+    // A replacement was spawned at once.
+    assert_eq!(sim.pids(|w| !w.is_draining()).len(), 1);
+    Ok(())
+}
+
+#[test]
+fn stopping_drains_without_a_signal_and_starts_a_replacement() -> Result<(), PoolError> {
+    let mut sim = Sim::new(notify_spec(None));
+    let pid = sim.pids(|_| true)[0];
+    let a = sim.pool.ack(pid, sim.now)?;
+    sim.apply(a);
+    sim.pool.notify_status(pid, "busy".into())?;
+    assert_eq!(
+        sim.pool
+            .worker_by_pid(pid)
+            .and_then(|w| w.notify_status.clone()),
+        Some("busy".to_string())
+    );
+    let a = sim.pool.worker_stopping(pid, sim.now)?;
+    sim.apply(a);
+    assert_eq!(sim.signals.get(&pid), None, "it is stopping already");
+    assert_eq!(sim.pids(|w| !w.is_draining()).len(), 1);
+    // Still alive after stop_timeout: SIGKILL.
+    sim.advance(sim.pool.spec().stop_timeout);
+    assert_eq!(sim.signals.get(&pid), Some(&vec![Signal::SIGKILL]));
+    assert!(sim.pool.worker_stopping(4242, sim.now).is_err());
+    Ok(())
 }

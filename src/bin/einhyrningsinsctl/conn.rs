@@ -188,13 +188,24 @@ impl Conn {
         })?;
         line.push(b'\n');
         let deadline = timeout.map(|t| Instant::now() + t);
-        self.stream
-            .write_all(&line)
-            .map_err(|e| went_away(&e, &format!("while sending `{}`", req.command)))?;
+        // A master that refuses us (SO_PEERCRED) answers and hangs up at once,
+        // usually before our request is written: its answer is still readable,
+        // and says far more than "broken pipe".
+        let mut early = None;
+        if let Err(e) = self.stream.write_all(&line) {
+            match self.read_line(deadline) {
+                Ok(raw) => early = Some(raw),
+                Err(_) => return Err(went_away(&e, &format!("while sending `{}`", req.command))),
+            }
+        }
 
         let mut outcome = Outcome::Ok;
         loop {
-            let raw = self.read_line(deadline).map_err(|e| match e {
+            let next = match early.take() {
+                Some(raw) => Ok(raw),
+                None => self.read_line(deadline),
+            };
+            let raw = next.map_err(|e| match e {
                 ReadError::Timeout => CtlError::Timeout {
                     command: req.command.to_string(),
                     waited: humantime::format_duration(timeout.unwrap_or_default()).to_string(),

@@ -1,0 +1,260 @@
+//! The master as a service manager for its workers: a NOTIFY_SOCKET that workers
+//! written for systemd's `Type=notify` use unchanged (`ack = "notify"`).
+//!
+//! One unix datagram socket for the whole master, with SO_PASSCRED, registered on
+//! the mio loop. Every datagram carries the sender's pid in SCM_CREDENTIALS,
+//! filled in by the kernel: a worker cannot ack, ping or stop in another's name,
+//! and a datagram from a pid that is not a worker of a notify pool is ignored.
+//! (As systemd's `NotifyAccess=main`: a worker's own children cannot speak for it.)
+//!
+//! Messages understood: `READY=1` acks the worker; `STATUS=...` is kept and shown
+//! by `status`/`state`; `WATCHDOG=1` pushes back the pool's `watchdog` deadline
+//! (a worker that stops pinging is killed and replaced); `STOPPING=1` marks the
+//! worker draining so its replacement starts at once. File descriptors sent with
+//! `FDSTORE=1` are not kept: they are closed on receipt.
+//!
+//! The socket lives next to the control socket (`<control>.notify`), so it shares
+//! the control directory's permissions; if that path is too long for a unix
+//! address, an abstract name with the master's pid is used instead.
+
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use mio::{Interest, Registry, Token};
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags};
+
+use crate::config::AckMode;
+use crate::control::server::CONN_BASE;
+use crate::master::Master;
+use crate::pool::Pid;
+
+/// The notify socket's token: below the control connections' range, far from the
+/// small constants the master uses.
+pub const TOKEN: Token = Token(CONN_BASE - 16);
+
+/// Longest datagram we read; systemd's limit is the same order.
+const MAX_DATAGRAM: usize = 4096;
+
+/// One message from a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    Ready,
+    Stopping,
+    Watchdog,
+    Status(String),
+}
+
+/// Parse a datagram (newline-separated `KEY=VALUE`); unknown keys are skipped.
+pub fn parse(datagram: &[u8]) -> Vec<Msg> {
+    String::from_utf8_lossy(datagram)
+        .lines()
+        .filter_map(|line| match line.split_once('=') {
+            Some(("READY", "1")) => Some(Msg::Ready),
+            Some(("STOPPING", "1")) => Some(Msg::Stopping),
+            Some(("WATCHDOG", "1")) => Some(Msg::Watchdog),
+            Some(("STATUS", s)) => Some(Msg::Status(s.chars().take(200).collect())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The master's worker-facing notify socket.
+#[derive(Debug)]
+pub struct WorkerNotify {
+    sock: mio::net::UnixDatagram,
+    address: String,
+    path: Option<PathBuf>,
+}
+
+impl WorkerNotify {
+    /// Bind next to the control socket (or in the abstract namespace).
+    pub fn bind(control: &Path) -> io::Result<WorkerNotify> {
+        let mut p = control.as_os_str().to_owned();
+        p.push(".notify");
+        let path = PathBuf::from(p);
+        // sun_path is 108 bytes with the NUL.
+        let (std_sock, address, owned) = if path.as_os_str().len() < 108 {
+            // The control socket is ours (bound just before), so a file here is a
+            // leftover of a previous master at the same path.
+            if std::fs::symlink_metadata(&path)
+                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+            {
+                let _ = std::fs::remove_file(&path);
+            }
+            let s = std::os::unix::net::UnixDatagram::bind(&path)?;
+            (s, path.to_string_lossy().into_owned(), Some(path))
+        } else {
+            let name = format!("einhyrningsins-{}-notify", std::process::id());
+            let addr = crate::sdnotify::socket_addr(&format!("@{name}"))?;
+            let s = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
+            (s, format!("@{name}"), None)
+        };
+        std_sock.set_nonblocking(true)?;
+        socket::setsockopt(&std_sock, sockopt::PassCred, &true).map_err(io::Error::from)?;
+        log::info!("worker notify socket: {address}");
+        Ok(WorkerNotify {
+            sock: mio::net::UnixDatagram::from_std(std_sock),
+            address,
+            path: owned,
+        })
+    }
+
+    /// The NOTIFY_SOCKET value workers get.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
+        registry.register(&mut self.sock, TOKEN, Interest::READABLE)
+    }
+
+    /// Every pending datagram, with the sender's pid (datagrams without
+    /// credentials are dropped).
+    pub fn recv_all(&self) -> Vec<(Pid, Vec<Msg>)> {
+        let mut out = Vec::new();
+        let fd: RawFd = self.sock.as_raw_fd();
+        loop {
+            let mut buf = [0u8; MAX_DATAGRAM];
+            let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; 16]);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let (pid, n) = match socket::recvmsg::<()>(
+                fd,
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => {
+                    let mut pid = None;
+                    if let Ok(cmsgs) = msg.cmsgs() {
+                        for c in cmsgs {
+                            match c {
+                                ControlMessageOwned::ScmCredentials(cred) => pid = Some(cred.pid()),
+                                ControlMessageOwned::ScmRights(fds) => {
+                                    for f in fds {
+                                        // SAFETY: the kernel just gave us these fds.
+                                        drop(unsafe { OwnedFd::from_raw_fd(f) });
+                                    }
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    (pid, msg.bytes)
+                }
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log::warn!("worker notify socket {}: {e}", self.address);
+                    break;
+                }
+            };
+            match pid {
+                Some(pid) => out.push((pid, parse(&buf[..n.min(MAX_DATAGRAM)]))),
+                None => log::debug!("worker notify socket: datagram without credentials"),
+            }
+        }
+        out
+    }
+}
+
+impl Drop for WorkerNotify {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+impl Master {
+    /// The notify socket's address, binding it on first use.
+    pub(crate) fn worker_notify_address(&mut self) -> Option<String> {
+        if self.notify_ack.is_none() {
+            match WorkerNotify::bind(self.control.path()) {
+                Ok(mut n) => match n.register(self.registry()) {
+                    Ok(()) => self.notify_ack = Some(n),
+                    Err(e) => log::error!("worker notify socket: cannot register: {e}"),
+                },
+                Err(e) => log::error!("worker notify socket: cannot bind: {e}"),
+            }
+        }
+        self.notify_ack.as_ref().map(|n| n.address().to_string())
+    }
+
+    /// Datagrams from workers: acks, status, watchdog pings, stopping.
+    pub(crate) fn on_worker_notify(&mut self) {
+        let Some(n) = &self.notify_ack else {
+            return;
+        };
+        for (pid, msgs) in n.recv_all() {
+            let Some(name) = self.pool_of_pid(pid) else {
+                log::debug!("worker notify socket: ignoring pid {pid}, not a worker");
+                continue;
+            };
+            let Some(e) = self.pools.get_mut(&name) else {
+                continue;
+            };
+            if e.pool.spec().ack != AckMode::Notify {
+                log::debug!("worker notify socket: pool {name} does not use ack = \"notify\"; ignoring pid {pid}");
+                continue;
+            }
+            for m in msgs {
+                let now = Instant::now();
+                let Some(e) = self.pools.get_mut(&name) else {
+                    break;
+                };
+                let actions = match m {
+                    Msg::Ready => e.pool.ack(pid, now),
+                    Msg::Stopping => e.pool.worker_stopping(pid, now),
+                    Msg::Watchdog => e.pool.watchdog_ping(pid, now).map(|()| Vec::new()),
+                    Msg::Status(s) => e.pool.notify_status(pid, s).map(|()| Vec::new()),
+                };
+                match actions {
+                    Ok(a) => self.execute(&name, a),
+                    Err(err) => log::debug!("worker notify socket: {err}"),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_keys_only() {
+        assert_eq!(
+            parse(b"READY=1\nSTATUS=serving 3 conns\nMAINPID=1\nWATCHDOG=1\nSTOPPING=1\nREADY=0"),
+            vec![
+                Msg::Ready,
+                Msg::Status("serving 3 conns".into()),
+                Msg::Watchdog,
+                Msg::Stopping
+            ]
+        );
+        assert!(parse(b"\xff\xfe").is_empty());
+    }
+
+    #[test]
+    fn credentials_carry_the_senders_pid() -> io::Result<()> {
+        let dir = std::env::temp_dir().join(format!("ehy-nack-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let n = WorkerNotify::bind(&dir.join("ctl.sock"))?;
+        assert!(n.address().ends_with("ctl.sock.notify"));
+        crate::sdnotify::Notifier::to(n.address())?.send("READY=1\nSTATUS=hi")?;
+        let got = n.recv_all();
+        assert_eq!(
+            got,
+            vec![(
+                std::process::id() as Pid,
+                vec![Msg::Ready, Msg::Status("hi".into())]
+            )]
+        );
+        drop(n);
+        assert!(!dir.join("ctl.sock.notify").exists());
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
+}

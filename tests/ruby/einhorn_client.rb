@@ -1,0 +1,40 @@
+# A control client that frames messages exactly as einhorn's Ruby transport does:
+# Psych's YAML.dump of a hash, "%" -> "%25" and "\n" -> "%0A", one line each; and
+# reads replies the same way back. Used by tests/ruby_client.rs to prove that
+# einhorn's own client code and einhornsh can talk to einhyrningsins.
+#
+# usage: ruby einhorn_client.rb SOCKET COMMAND [ARGS...]
+#   COMMAND "worker:ack" takes the pid as its argument.
+# Prints each reply's message on its own line(s), prefixed by "wait:" or "final:".
+require "socket"
+require "yaml"
+
+def frame(hash)
+  YAML.dump(hash).gsub(/%|\n/, "%" => "%25", "\n" => "%0A") + "\n"
+end
+
+def unframe(line)
+  YAML.load(line.chomp.gsub(/%0A|%25/, "%0A" => "\n", "%25" => "%"))
+end
+
+path, command, *args = ARGV
+sock = UNIXSocket.new(path)
+if command == "worker:ack"
+  sock.write(frame("command" => "worker:ack", "pid" => Integer(args[0])))
+  # The master sends no reply and closes the connection.
+  puts(sock.read == "" ? "closed" : "unexpected reply")
+  exit 0
+end
+sock.write(frame("id" => 1, "command" => command, "args" => args))
+loop do
+  line = sock.readline
+  reply = unframe(line)
+  raise "reply is not a hash: #{reply.inspect}" unless reply.is_a?(Hash)
+  raise "request_id #{reply['request_id'].inspect}" unless reply["request_id"] == 1
+  if reply["wait"]
+    puts "wait: #{reply['message']}"
+  else
+    puts "final#{reply['error'] ? ' error' : ''}: #{reply['message']}"
+    break
+  end
+end

@@ -1,0 +1,643 @@
+//! systemd and containers, with real processes: a fake service manager (a
+//! test-side NOTIFY_SOCKET), socket activation with fds passed by LISTEN_*, workers
+//! speaking systemd's socket and notify protocols, and PID-1 style reaping.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A test-side NOTIFY_SOCKET: collects every datagram the master sends.
+struct FakeSystemd {
+    sock: UnixDatagram,
+    msgs: Vec<String>,
+}
+
+impl FakeSystemd {
+    fn bind(path: &Path) -> FakeSystemd {
+        let sock = UnixDatagram::bind(path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        FakeSystemd {
+            sock,
+            msgs: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            self.msgs
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+
+    /// Wait for a datagram containing the line `line` (or starting with it when
+    /// it ends with `=`), received after message index `from`; its index.
+    fn wait_line(&mut self, from: usize, line: &str, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain();
+            let found = self.msgs.iter().enumerate().skip(from).find(|(_, m)| {
+                m.lines().any(|l| {
+                    if line.ends_with('=') {
+                        l.starts_with(line)
+                    } else {
+                        l == line
+                    }
+                })
+            });
+            if let Some((i, _)) = found {
+                return i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} from the master within {timeout:?}; got {:?}",
+                self.msgs
+            );
+        }
+    }
+}
+
+/// The fd numbers of a process that are sockets (stdio and whatever the test
+/// environment itself leaks are not).
+fn sockets_of(pid: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            target
+                .to_string_lossy()
+                .starts_with("socket:")
+                .then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// The sockets a worker was started with: the fds it reports open at its start
+/// (`/fds`) that are sockets (the test environment may leak other fds).
+fn passed_sockets(addr: &str) -> Vec<i32> {
+    let (_, body) = http_get_status(addr, "/fds").expect("worker answers /fds");
+    let (_, pid) = http_get_status(addr, "/").expect("worker answers /");
+    let pid: i32 = pid
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.strip_prefix("pid="))
+        .and_then(|p| p.parse().ok())
+        .expect("pid= in the answer");
+    // Both answers may come from different workers; they are alike.
+    let socks = sockets_of(pid);
+    body.split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .filter(|f| socks.contains(f))
+        .collect()
+}
+
+fn master_cmd(cfg: &Path) -> Command {
+    let mut c = Command::new(MASTER);
+    c.arg("--config").arg(cfg);
+    for v in [
+        "NOTIFY_SOCKET",
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
+#[test]
+fn master_notifies_ready_status_watchdog_reload_and_stopping() {
+    let port = free_port();
+    let (dir, sock, cfg) = Master::prepare_config(
+        "sdnotify",
+        &format!(
+            r#"
+[control]
+socket = "{{sock}}"
+[pools.web]
+# Slot 0 acks, slot 1 never does: the start makes progress but does not finish.
+command = ["sh", "-c", 'if [ "$EINHORN_CHILD_INDEX" = 1 ]; then exec "$0" --no-ack; else exec "$0"; fi', "{{worker}}"]
+count = 2
+ack = "manual"
+binds = ["127.0.0.1:{port},r"]
+"#
+        ),
+    );
+    let notify_path = dir.join("notify");
+    let mut sd = FakeSystemd::bind(&notify_path);
+    let mut cmd = master_cmd(&cfg);
+    cmd.env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "400000");
+    let mut m = Master::from_command(dir, sock, cmd);
+    let t = Duration::from_secs(20);
+
+    // One worker acked, one to go: the start is progressing, so it asks for time.
+    let extend = sd.wait_line(0, "EXTEND_TIMEOUT_USEC=", t);
+    sd.drain();
+    assert!(
+        !sd.msgs.iter().any(|m| m.contains("READY=1")),
+        "READY before every worker acked: {:?}",
+        sd.msgs
+    );
+    // With one worker wanted, the pool is complete: the service is ready.
+    let (msg, err) = m.cmd("set_workers", &["1"], Some("web"));
+    assert!(!err, "{msg}");
+    let ready = sd.wait_line(extend, "READY=1", t);
+    assert!(
+        sd.msgs[ready].contains("STATUS=web 1/1 acked"),
+        "{:?}",
+        sd.msgs
+    );
+    m.wait_acked("web", 1);
+    // READY=1 only once at start.
+    let w1 = sd.wait_line(ready + 1, "WATCHDOG=1", t);
+    sd.wait_line(w1 + 1, "WATCHDOG=1", t);
+    assert_eq!(
+        sd.msgs
+            .iter()
+            .filter(|m| m.lines().any(|l| l == "READY=1"))
+            .count(),
+        1,
+        "{:?}",
+        sd.msgs
+    );
+
+    // Workers never see the master's service-manager variables.
+    let addr = format!("127.0.0.1:{port}");
+    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC"] {
+        let (code, body) = http_get_status(&addr, &format!("/env/{var}")).expect("worker answers");
+        assert_eq!(code, 404, "{var} leaked into a worker: {body}");
+    }
+
+    // A reload: RELOADING=1 with MONOTONIC_USEC, then READY=1 again.
+    let before = sd.msgs.len();
+    m.signal(libc::SIGHUP);
+    let reloading = sd.wait_line(before, "RELOADING=1", t);
+    assert!(
+        sd.msgs[reloading].contains("MONOTONIC_USEC="),
+        "{:?}",
+        sd.msgs[reloading]
+    );
+    sd.wait_line(reloading + 1, "READY=1", t);
+    // STATUS follows the upgrade HUP started.
+    let status = sd.wait_line(reloading + 1, "STATUS=web 1/1 acked, upgrading", t);
+    m.signal(libc::SIGINT);
+    sd.wait_line(status, "STOPPING=1", t);
+    assert!(m.wait_exit(t).success());
+}
+
+/// A master started the way systemd starts a socket-activated service: the
+/// listeners at fds 3.., LISTEN_FDS/LISTEN_FDNAMES set, and LISTEN_PID equal to
+/// the master's pid (a shell sets it to its own pid, then execs the master, which
+/// keeps the pid).
+fn activated_master(tag: &str, toml: &str, fds: &[std::os::fd::RawFd], names: &str) -> Master {
+    use std::os::unix::process::CommandExt;
+    let (dir, sock, cfg) = Master::prepare_config(tag, toml);
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"LISTEN_PID=$$ exec "$@""#)
+        .arg("sh")
+        .arg(MASTER)
+        .arg("--config")
+        .arg(&cfg)
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_PID");
+    let (plan, _, _) = einhyrningsins::activation::FdPlan::new(fds, None);
+    // SAFETY: FdPlan::apply only calls dup3/dup2.
+    unsafe {
+        cmd.pre_exec(move || plan.apply());
+    }
+    Master::from_command(dir, sock, cmd)
+}
+
+#[test]
+fn socket_activation_takes_inherited_fds_and_a_restart_loses_no_connection() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    let web = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let admin = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let stray = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = web.local_addr().expect("addr").port();
+    let admin_port = admin.local_addr().expect("addr").port();
+    let toml = format!(
+        r#"
+[control]
+socket = "{{sock}}"
+[pools.web]
+command = ["{{worker}}"]
+count = 2
+ack_timer = "100ms"
+binds = ["127.0.0.1:{port},r", "127.0.0.1:0,name=admin"]
+"#
+    );
+    let fds = [web.as_raw_fd(), admin.as_raw_fd(), stray.as_raw_fd()];
+    let names = "web:admin:stray";
+    let mut m1 = activated_master("act1", &toml, &fds, names);
+    m1.wait_acked("web", 2);
+    let log = m1.log_text();
+    assert!(log.contains("taken from inherited fd 3"), "{log}");
+    assert!(log.contains("taken from inherited fd 4"), "{log}");
+    assert!(log.contains("matches no bind; closing it"), "{log}");
+    // The admin bind said port 0 but got the inherited socket by its name.
+    let (code, _) =
+        http_get_status(&format!("127.0.0.1:{admin_port}"), "/").expect("admin answers");
+    assert_eq!(code, 200);
+    assert_eq!(
+        passed_sockets(&format!("127.0.0.1:{port}")),
+        vec![3, 4],
+        "a worker is given exactly its two sockets, at the master's fd numbers"
+    );
+
+    // Clients keep going while the master is replaced.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ok_count = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let client = {
+        let stop = stop.clone();
+        let ok_count = ok_count.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed, mut idle_closed) = (0u32, Vec::new(), 0u32);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                // connect() must always succeed: the socket never stops listening.
+                let mut s = match TcpStream::connect(("127.0.0.1", port)) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        failed.push(format!("connect: {e}"));
+                        continue;
+                    }
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+                let mut resp = String::new();
+                let sent = s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let read = s.read_to_string(&mut resp);
+                if resp.starts_with("HTTP/1.1 200") {
+                    ok += 1;
+                    ok_count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                } else if sent.is_err() || (read.is_ok() && resp.is_empty()) {
+                    // Accepted by a worker that began draining before the request
+                    // bytes arrived: the example worker closes such idle
+                    // connections (HTTP's idle-close race, which clients retry).
+                    // Not a lost connection of the master's making.
+                    idle_closed += 1;
+                } else {
+                    failed.push(format!("{sent:?} {read:?} {resp:?}"));
+                }
+            }
+            (ok, failed, idle_closed)
+        })
+    };
+    m1.signal(libc::SIGINT);
+    assert!(m1.wait_exit(Duration::from_secs(20)).success());
+    // No master, no worker: the held socket still accepts into its backlog.
+    let mut pending = TcpStream::connect(("127.0.0.1", port)).expect("connect while down");
+    pending
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    pending
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send while down");
+
+    let mut m2 = activated_master("act2", &toml, &fds, names);
+    m2.wait_acked("web", 2);
+    let mut resp = String::new();
+    pending
+        .read_to_string(&mut resp)
+        .expect("answer after restart");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp:?}");
+    // A few more requests through the new master, then stop the client.
+    let seen = ok_count.load(std::sync::atomic::Ordering::SeqCst);
+    wait_for(
+        "requests through the new master",
+        Duration::from_secs(20),
+        || (ok_count.load(std::sync::atomic::Ordering::SeqCst) >= seen + 3).then_some(()),
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed, idle_closed) = client.join().expect("client thread");
+    assert!(failed.is_empty(), "refused or failed requests: {failed:?}");
+    assert!(ok > 2, "only {ok} requests went through");
+    assert!(
+        idle_closed <= 2,
+        "{idle_closed} idle closes: more than the drains explain"
+    );
+    m2.signal(libc::SIGINT);
+    assert!(m2.wait_exit(Duration::from_secs(20)).success());
+}
+
+#[test]
+fn systemd_protocol_worker_gets_fds_from_3_and_its_own_listen_pid() {
+    let (p1, p2) = (free_port(), free_port());
+    let mut m = Master::with_config(
+        "sdworker",
+        &format!(
+            r#"
+[control]
+socket = "{{sock}}"
+[pools.sd]
+command = ["{{worker}}"]
+count = 1
+socket_protocol = ["systemd"]
+binds = ["127.0.0.1:{p1},r", "127.0.0.1:{p2},r,name=admin"]
+[pools.both]
+command = ["{{worker}}"]
+count = 1
+socket_protocol = ["einhorn", "systemd"]
+binds = ["127.0.0.1:0"]
+"#
+        ),
+    );
+    let pid = m.wait_acked("sd", 1)[0];
+    let a = format!("127.0.0.1:{p1}");
+    let env = |name: &str| http_get_status(&a, &format!("/env/{name}")).expect("worker answers");
+    // The worker found its sockets through LISTEN_* alone: LISTEN_PID is its pid.
+    assert_eq!(env("LISTEN_PID"), (200, format!("{pid}\n")));
+    assert_eq!(env("LISTEN_FDS"), (200, "2\n".into()));
+    assert_eq!(env("LISTEN_FDNAMES"), (200, "sd:admin\n".into()));
+    assert_eq!(env("EINHORN_FD_COUNT").0, 404, "systemd-only pool");
+    assert_eq!(passed_sockets(&a), vec![3, 4]);
+    let (code, body) = http_get_status(&format!("127.0.0.1:{p2}"), "/").expect("fd 4 serves");
+    assert_eq!(code, 200);
+    assert!(body.starts_with(&format!("pid={pid} ")), "{body}");
+
+    // Both protocols: the einhorn variables name the same fds, 3...
+    let both = m.wait_acked("both", 1)[0];
+    let out = std::fs::read_to_string(format!("/proc/{both}/environ")).expect("environ");
+    let vars: Vec<&str> = out.split('\0').collect();
+    assert!(vars.contains(&"EINHORN_FD_0=3"), "{vars:?}");
+    assert!(vars.contains(&"LISTEN_FDS=1"), "{vars:?}");
+    assert!(
+        vars.contains(&format!("LISTEN_PID={both}").as_str()),
+        "{vars:?}"
+    );
+    m.signal(libc::SIGINT);
+    assert!(m.wait_exit(Duration::from_secs(20)).success());
+}
+
+/// A worker written for systemd's Type=notify, in Python: it speaks only
+/// NOTIFY_SOCKET. Its behaviour is steered by files in the test dir.
+const NOTIFY_WORKER: &str = r#"
+import os, socket, sys, time
+d = sys.argv[1]
+me = os.getpid()
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+def send(m):
+    s.sendto(m.encode(), addr)
+def wait_file(name):
+    while not os.path.exists(os.path.join(d, name)):
+        time.sleep(0.01)
+# A child process tries to ack for us: the kernel stamps its own pid.
+child = os.fork()
+if child == 0:
+    send("READY=1")
+    os._exit(0)
+os.waitpid(child, 0)
+send("STATUS=child sent")
+wait_file("go")
+send("READY=1\nSTATUS=serving")
+while True:
+    if os.path.exists(os.path.join(d, "stop-%d" % me)):
+        send("STOPPING=1")
+        time.sleep(30)
+    if not os.path.exists(os.path.join(d, "hang-%d" % me)):
+        send("WATCHDOG=1")
+    time.sleep(0.05)
+"#;
+
+#[test]
+fn notify_acking_worker_ready_status_watchdog_and_stopping() {
+    let (dir, sock, cfg) = Master::prepare_config(
+        "notifyack",
+        r#"
+[control]
+socket = "{sock}"
+[pools.n]
+command = ["python3", "{dir}/worker.py", "{dir}"]
+count = 1
+ack = "notify"
+ack_timeout = "20s"
+watchdog = "500ms"
+stop_timeout = "2s"
+"#,
+    );
+    std::fs::write(dir.join("worker.py"), NOTIFY_WORKER).expect("write worker");
+    let d = dir.path().to_path_buf();
+    let mut m = Master::from_command(dir, sock, master_cmd(&cfg));
+    let t = Duration::from_secs(30);
+    let worker = |m: &mut Master| -> Option<serde_json::Value> {
+        m.state()["pools"]["n"]["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["state"] != "draining")
+            .cloned()
+    };
+    // The child's READY=1 came first on the socket; once the parent's STATUS is
+    // seen, it has been handled: rejected, the worker is still unacked.
+    let w = wait_for("STATUS=child sent", t, || {
+        worker(&mut m).filter(|w| w["notify_status"] == "child sent")
+    });
+    assert_eq!(
+        w["state"], "unacked",
+        "another pid acked for the worker: {w}"
+    );
+    let pid = w["pid"].as_i64().expect("pid");
+
+    std::fs::write(d.join("go"), "").expect("go");
+    let w = wait_for("READY=1 to ack the worker", t, || {
+        worker(&mut m).filter(|w| w["state"] == "acked" && w["notify_status"] == "serving")
+    });
+    assert_eq!(w["pid"].as_i64(), Some(pid));
+    let (msg, _) = m.cmd("status", &[], None);
+    assert!(msg.contains("status: serving"), "{msg}");
+
+    // It stops pinging: killed and replaced.
+    std::fs::write(d.join(format!("hang-{pid}")), "").expect("hang");
+    let w = wait_for("a replacement after the watchdog miss", t, || {
+        worker(&mut m).filter(|w| w["state"] == "acked" && w["pid"].as_i64() != Some(pid))
+    });
+    assert!(!alive(pid as i32), "the hung worker is still alive");
+    assert!(
+        m.log_text().contains("sent no WATCHDOG=1"),
+        "{}",
+        m.log_text()
+    );
+    let pid2 = w["pid"].as_i64().expect("pid");
+
+    // STOPPING=1: draining at once, a replacement starts.
+    std::fs::write(d.join(format!("stop-{pid2}")), "").expect("stop");
+    wait_for("the stopping worker to be draining", t, || {
+        let st = m.state();
+        let ws = st["pools"]["n"]["workers"].as_array()?.clone();
+        ws.iter()
+            .any(|w| {
+                w["pid"].as_i64() == Some(pid2)
+                    && w["state"] == "draining"
+                    && w["stop_reason"] == "worker said STOPPING=1"
+            })
+            .then_some(())
+    });
+    wait_for("a replacement for the stopping worker", t, || {
+        worker(&mut m).filter(|w| w["state"] == "acked" && w["pid"].as_i64() != Some(pid2))
+    });
+    m.signal(libc::SIGTERM);
+    assert!(m.wait_exit(t).success());
+}
+
+#[test]
+fn check_command_is_a_readiness_probe() {
+    let m = Master::with_config(
+        "check",
+        r#"
+[control]
+socket = "{sock}"
+[pools.web]
+command = ["{worker}"]
+count = 1
+ack = "manual"
+[pools.slow]
+command = ["{worker}", "--no-ack"]
+count = 1
+ack = "manual"
+"#,
+    );
+    let t = Duration::from_secs(20);
+    // web acks, slow never does: not ready.
+    wait_for("web to ack", t, || {
+        let (msg, _) = m.cmd("check", &[], None);
+        msg.contains("web 1/1 acked").then_some(())
+    });
+    let out = m.ctl(&["-e", "check"]);
+    assert!(!out.status.success(), "ready with slow unacked: {out:?}");
+    let (msg, err) = m.cmd("check", &[], None);
+    assert!(err && msg.starts_with("not ready: "), "{msg}");
+    let (msg, err) = m.cmd("set_workers", &["0"], Some("slow"));
+    assert!(!err, "{msg}");
+    wait_for("check to pass", t, || {
+        m.ctl(&["-e", "check"]).status.success().then_some(())
+    });
+}
+
+/// Zombie children of `parent`.
+fn zombies_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                let rest: Vec<&str> = s
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .collect();
+                rest.first() == Some(&"Z") && rest.get(1) == Some(&parent.to_string().as_str())
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn as_pid_1_in_a_pid_namespace_orphans_are_reaped_quietly() {
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: unshare --pid --fork --mount-proc is not allowed here");
+        return;
+    }
+    let (dir, sock, cfg) = Master::prepare_config(
+        "pid1",
+        r#"
+[control]
+socket = "{sock}"
+[log]
+level = "debug"
+[pools.w]
+# The subshell starts a short sleep and exits: the sleep is orphaned, re-parented
+# to PID 1 (the master), and exits in turn.
+command = ["sh", "-c", "for i in 1 2 3; do ( sleep 0.1 & ); done; exec sleep 1000"]
+count = 2
+ack_timer = "100ms"
+"#,
+    );
+    let mut cmd = Command::new("unshare");
+    // --kill-child: if the test dies, the namespace's PID 1 and all in it die too.
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        MASTER,
+        "--config",
+    ])
+    .arg(&cfg)
+    .env_remove("NOTIFY_SOCKET");
+    let mut m = Master::from_command(dir, sock, cmd);
+    // Worker pids are namespace pids here: never let the harness record (and
+    // later SIGKILL) them on the host. Read the state without recording.
+    let state = |m: &Master| -> serde_json::Value {
+        let (msg, _) = m.cmd("state", &[], None);
+        serde_json::from_str(&msg).unwrap_or_default()
+    };
+    let acked = |m: &Master| {
+        let st = state(m);
+        st["pools"]["w"]["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.len() == 2 && ws.iter().all(|w| w["state"] == "acked"))
+    };
+    wait_for("2 acked workers", Duration::from_secs(20), || {
+        acked(&m).then_some(())
+    });
+    let unshare_pid = m.pid();
+    let master_host_pid = wait_for("the master under unshare", Duration::from_secs(10), || {
+        std::fs::read_dir("/proc").ok()?.find_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let ppid: i32 = s
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == unshare_pid).then_some(pid)
+        })
+    });
+    let st = state(&m);
+    assert_eq!(
+        st["master"]["pid"].as_i64(),
+        Some(1),
+        "the master is PID 1 in its namespace: {st}"
+    );
+    // Six orphans were re-parented to the master and exited: all reaped, none
+    // taken for a worker.
+    wait_for(
+        "orphans reaped (debug log)",
+        Duration::from_secs(20),
+        || (m.log_text().matches("not a worker").count() >= 6).then_some(()),
+    );
+    assert!(zombies_of(master_host_pid).is_empty());
+    let log = m.log_text();
+    assert!(!log.contains("died unexpectedly"), "{log}");
+    assert!(acked(&m));
+    // SIGTERM to PID 1 (as a container runtime does): a graceful stop.
+    unsafe {
+        libc::kill(master_host_pid, libc::SIGTERM);
+    }
+    assert!(m.wait_exit(Duration::from_secs(20)).success());
+}
