@@ -158,7 +158,10 @@ class Master:
         self.config = os.path.join(self.dir, "bench.toml")
         with open(self.config, "w") as f:
             f.write("\n".join(lines))
-        self.log_path = os.path.join(self.dir, "master.log")
+        # Not beside the config: the master watches that directory (reload on
+        # change), and a log written there would wake its watcher on every line.
+        os.mkdir(os.path.join(self.dir, "log"))
+        self.log_path = os.path.join(self.dir, "log", "master.log")
         self.proc = None
         self._log_off = 0
         self._acks = {}
