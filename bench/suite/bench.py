@@ -354,7 +354,12 @@ def footprint_run(n):
     try:
         t_last = wait_for(lambda: m.acked_from_log({"w": n}), 300, "%d acks" % n, step=0.05)
         time.sleep(0.2)
-        return {"rss_kib": m.sample_rss(), "secs": t_last - m.t_start_wall}
+        return {
+            "rss_kib": m.sample_rss(),
+            "anon_kib": status_field(m.pid, "RssAnon"),
+            "file_kib": status_field(m.pid, "RssFile"),
+            "secs": t_last - m.t_start_wall,
+        }
     finally:
         if ctl:
             ctl.close()
@@ -558,7 +563,7 @@ def main():
     if want("footprint"):
         sizes = [10, 1000, 2000] if quick else [10, 1000, 10000]
         cap = max_workers_possible()
-        res, took = {}, {}
+        res, took, split = {}, {}, {}
         for n in sizes:
             if n > cap:
                 notes.append("footprint %d skipped: this machine allows about %d more processes" % (n, cap))
@@ -567,6 +572,7 @@ def main():
             rs = [footprint_run(n) for _ in range(1 if n > 1000 else runs)]
             res[n] = med(rs, "rss_kib")
             took[n] = med(rs, "secs")
+            split[n] = (med(rs, "anon_kib"), med(rs, "file_kib"))
         for n, kib in res.items():
             target, ok = "-", None
             if n == 10:
@@ -576,7 +582,8 @@ def main():
             rows.append((
                 "Master RSS, %d workers" % n,
                 target,
-                "%.1f MiB (all acked %.2f s after start)" % (kib / 1024, took[n]),
+                "%.1f MiB: %.1f anon + %.1f file-backed (all acked %.2f s after start)" % (
+                    kib / 1024, split[n][0] / 1024, split[n][1] / 1024, took[n]),
                 ok,
             ))
         ns = sorted(res)
