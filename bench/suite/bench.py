@@ -517,7 +517,7 @@ def max_workers_possible():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="shorter pass (about a minute)")
+    ap.add_argument("--quick", action="store_true", help="shorter pass (about two minutes)")
     ap.add_argument("--only", default="", help="comma-separated: spawn,upgrade,footprint,idle,crash,control,scale")
     ap.add_argument("--runs", type=int, default=0, help="repetitions of the short figures")
     args = ap.parse_args()
