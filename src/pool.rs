@@ -217,6 +217,9 @@ pub struct Pool {
     /// Consecutive deaths before ack (any ack resets it).
     failures: u32,
     respawn_at: Option<Instant>,
+    /// Backoff last reported in the log: a crash loop of many workers repeats
+    /// the same capped delay once per death, which says nothing new.
+    logged_backoff: Option<Duration>,
     /// `retries` exhausted in steady state: no more respawns until a command.
     gave_up: bool,
     shutdown: Option<Shutdown>,
@@ -243,6 +246,7 @@ impl Pool {
             last_upgrade: None,
             failures: 0,
             respawn_at: None,
+            logged_backoff: None,
             gave_up: false,
             shutdown: None,
             stopped_reported: false,
@@ -745,6 +749,7 @@ impl Pool {
         }
         self.gave_up = false;
         self.failures = 0;
+        self.logged_backoff = None;
         self.set_respawn_at_none();
     }
 
@@ -831,6 +836,7 @@ impl Pool {
             b.acked.insert((index, id));
         }
         self.failures = 0;
+        self.logged_backoff = None;
         log::info!(
             "pool {}: worker pid {} acked (index {}, version {})",
             self.name,
@@ -889,12 +895,16 @@ impl Pool {
                     return;
                 }
             }
-            log::info!(
-                "pool {}: respawning in {:.1?} ({} consecutive failure(s))",
-                self.name,
-                delay,
-                self.failures
-            );
+            // Rate limit: a new delay, or every power of two of failures.
+            if self.logged_backoff != Some(delay) || self.failures.is_power_of_two() {
+                self.logged_backoff = Some(delay);
+                log::info!(
+                    "pool {}: respawning in {:.1?} ({} consecutive failure(s))",
+                    self.name,
+                    delay,
+                    self.failures
+                );
+            }
         }
     }
 
@@ -944,6 +954,7 @@ impl Pool {
             }
             self.target = up.from.clone();
             self.failures = 0;
+            self.logged_backoff = None;
             self.set_respawn_at_none();
         }
         self.last_upgrade = Some(UpgradeOutcome {

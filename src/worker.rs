@@ -5,9 +5,19 @@
 //! exec only async-signal-safe calls are made: `Command` prepares argv, env and cwd
 //! before forking, and the `pre_exec` hook only calls `fcntl`, `prctl`, `getppid` and
 //! `kill`. Every fd of the master is close-on-exec; a worker's sockets are made
-//! inheritable in the child alone (clearing FD_CLOEXEC keeps their numbers, which
+//! inheritable for its spawn alone (clearing FD_CLOEXEC keeps their numbers, which
 //! is what EINHORN_FD_n promises), so no listener, epoll, signal pipe or control
 //! connection leaks into a worker, nor into anything else the master runs.
+//!
+//! Why two paths: a `pre_exec` hook makes std fork, which copies the master's page
+//! tables and then takes copy-on-write faults in the master; without a hook std
+//! uses `posix_spawn` (a vfork-style clone that shares memory until exec), about
+//! half the master's CPU per spawn (docs/performance.md). So the hook is only
+//! used for what posix_spawn cannot do: `PR_SET_PDEATHSIG` (`-k`) and the systemd
+//! fd moves. On the common path the master marks its fds close-on-exec itself
+//! (the sweep the hook does in the child) and clears FD_CLOEXEC on the worker's
+//! sockets around the spawn, setting it again right after. Only the master's loop
+//! thread spawns, so no other child can inherit them in between.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -36,6 +46,12 @@ pub struct SpawnContext<'a> {
 pub enum SpawnError {
     #[error("pool {pool}: empty command")]
     EmptyCommand { pool: String },
+    #[error("pool {pool}: could not make fd {fd} inheritable: {source}")]
+    Inherit {
+        pool: String,
+        fd: RawFd,
+        source: io::Error,
+    },
     #[error("pool {pool}: could not start {program:?}: {source}")]
     Exec {
         pool: String,
@@ -55,7 +71,9 @@ const CHILD_API_VARS: &[&str] = &[
     "EINHORN_CHILD_INDEX",
 ];
 
-/// Build the command for one worker (no side effects; exposed for tests).
+/// Build the command for one worker (no side effects; exposed for tests). Run it
+/// with [`spawn`]: without a hook ([`needs_hook`]) the sockets are made
+/// inheritable there, not here.
 pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, SpawnError> {
     let Some((program, args)) = spec.command.split_first() else {
         return Err(SpawnError::EmptyCommand {
@@ -131,11 +149,14 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
     cmd.process_group(0);
     cmd.stdin(Stdio::null());
 
-    let mut inherit: Vec<RawFd> = ctx.sockets.to_vec();
-    inherit.extend(ctx.control_fd);
+    let inherit = inherited(ctx);
     let pdeathsig = spec
         .kill_children_on_exit
         .then_some(spec.stop_signal as libc::c_int);
+    if !needs_hook(spec) {
+        // No hook: std uses posix_spawn; `spawn` does the fd work in the master.
+        return Ok(cmd);
+    }
     let master_pid = ctx.master_pid;
     // Fallback bound for kernels without close_range(2): computed before fork.
     let max_fd = max_fd();
@@ -146,17 +167,7 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
             // fds the master itself inherited without close-on-exec (from a shell,
             // a supervisor, a test runner) must not reach workers either: mark
             // everything above stderr close-on-exec, then open up our sockets.
-            if libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) != 0
-            {
-                for fd in 3..max_fd {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
+            cloexec_above_stderr(max_fd);
             if let Some(plan) = &plan {
                 plan.apply()?;
             }
@@ -180,6 +191,30 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
     Ok(cmd)
 }
 
+/// A `pre_exec` hook (and so a full fork) is needed only for what posix_spawn
+/// cannot do: PR_SET_PDEATHSIG (`-k`) and the systemd fd moves.
+fn needs_hook(spec: &PoolConfig) -> bool {
+    spec.kill_children_on_exit || spec.socket_protocol.systemd
+}
+
+/// Mark every fd above stderr close-on-exec (async-signal-safe).
+fn cloexec_above_stderr(max_fd: libc::c_int) {
+    // SAFETY: close_range and fcntl only change fd flags.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            for fd in 3..max_fd {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// One past the highest fd number that may be open (for the close-on-exec sweep
 /// when close_range(2) is missing), capped so a huge limit cannot stall a spawn.
 fn max_fd() -> libc::c_int {
@@ -196,6 +231,22 @@ fn max_fd() -> libc::c_int {
 /// reported here, synchronously: std waits for the exec through a CLOEXEC pipe.
 pub fn spawn(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Pid, SpawnError> {
     let mut cmd = command(spec, ctx)?;
+    // Without a pre_exec hook the child cannot touch its fds: the master marks
+    // every fd close-on-exec (the master's own are already; this catches what it
+    // inherited itself, as the hook does) and opens up the worker's for the call.
+    let _inheritable = if needs_hook(spec) {
+        None
+    } else {
+        cloexec_above_stderr(max_fd());
+        let fds = inherited(ctx);
+        Some(
+            Inheritable::new(&fds).map_err(|(fd, source)| SpawnError::Inherit {
+                pool: spec.name.clone(),
+                fd,
+                source,
+            })?,
+        )
+    };
     let child = cmd.spawn().map_err(|source| SpawnError::Exec {
         pool: spec.name.clone(),
         program: spec.command.first().cloned().unwrap_or_default(),
@@ -203,4 +254,114 @@ pub fn spawn(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Pid, SpawnErro
     })?;
     // The master reaps with waitpid(-1); dropping the handle neither waits nor kills.
     Ok(child.id() as Pid)
+}
+
+/// The fds a worker inherits: its pool's sockets, then the `-g` control fd.
+fn inherited(ctx: &SpawnContext<'_>) -> Vec<RawFd> {
+    let mut fds = ctx.sockets.to_vec();
+    fds.extend(ctx.control_fd);
+    fds
+}
+
+/// FD_CLOEXEC cleared on some fds of the master for the life of the guard, set
+/// again on drop (also when the spawn fails), so nothing but this one worker
+/// inherits them.
+struct Inheritable(Vec<RawFd>);
+
+impl Inheritable {
+    fn new(fds: &[RawFd]) -> Result<Inheritable, (RawFd, io::Error)> {
+        let mut guard = Inheritable(Vec::with_capacity(fds.len()));
+        for &fd in fds {
+            // SAFETY: fcntl on an fd the master owns; F_SETFD takes an int flag.
+            if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } == -1 {
+                return Err((fd, io::Error::last_os_error()));
+            }
+            guard.0.push(fd);
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for Inheritable {
+    fn drop(&mut self) {
+        for &fd in &self.0 {
+            // SAFETY: as above; the fd is still open (the caller holds it).
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::Pid as NixPid;
+
+    use super::*;
+
+    fn cloexec(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD on an fd this test owns.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        flags != -1 && flags & libc::FD_CLOEXEC != 0
+    }
+
+    /// Which of `probe` the child has open, as it sees them, for one spawn path.
+    fn child_fds(
+        kill_children_on_exit: bool,
+        sockets: &[RawFd],
+        probe: &[RawFd],
+    ) -> Result<String, String> {
+        let out = std::env::temp_dir().join(format!(
+            "einh-worker-fds-{}-{kill_children_on_exit}",
+            std::process::id()
+        ));
+        let list: Vec<String> = probe.iter().map(|fd| fd.to_string()).collect();
+        let script = format!(
+            "for fd in {}; do if [ -e /proc/$$/fd/$fd ]; then echo $fd; fi; done > {}",
+            list.join(" "),
+            out.display()
+        );
+        let mut spec = PoolConfig::new("t", vec!["sh".into(), "-c".into(), script]);
+        spec.kill_children_on_exit = kill_children_on_exit;
+        let ctx = SpawnContext {
+            sockets,
+            control_path: Path::new("/nonexistent.sock"),
+            master_pid: std::process::id() as Pid,
+            index: 0,
+            control_fd: None,
+            notify_socket: None,
+        };
+        let pid = spawn(&spec, &ctx).map_err(|e| e.to_string())?;
+        match waitpid(NixPid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, 0)) => {}
+            other => return Err(format!("child ended with {other:?}")),
+        }
+        let listing = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&out);
+        Ok(listing)
+    }
+
+    #[test]
+    fn worker_inherits_its_sockets_and_nothing_else_on_both_paths() -> Result<(), String> {
+        let ours = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let other = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let (fd, other_fd) = (ours.as_raw_fd(), other.as_raw_fd());
+        for hook in [false, true] {
+            let listing = child_fds(hook, &[fd], &[fd, other_fd])?;
+            let fds: Vec<&str> = listing.lines().collect();
+            assert!(
+                fds.contains(&fd.to_string().as_str()),
+                "hook {hook}: {fds:?}"
+            );
+            assert!(
+                !fds.contains(&other_fd.to_string().as_str()),
+                "hook {hook}: {fds:?}"
+            );
+            // The master's copy is close-on-exec again after the spawn.
+            assert!(cloexec(fd) && cloexec(other_fd), "hook {hook}");
+        }
+        Ok(())
+    }
 }
