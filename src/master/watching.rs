@@ -1,0 +1,126 @@
+//! File watching on the master's loop: which files each pool and the config
+//! depend on, the watcher's wake-ups, and the debounced decisions (roll a pool,
+//! reload the config). The watcher thread itself (src/watch.rs) only forwards.
+
+use super::*;
+
+impl Master {
+    /// Start the watcher thread (if enabled) and watch what the config names.
+    pub(super) fn start_watcher(&mut self) {
+        if !self.config.watch.enabled {
+            log::info!("file watching is off");
+            return;
+        }
+        let waker = match mio::Waker::new(self.poll.registry(), WATCH) {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                log::error!("file watching disabled: could not create a waker: {e}");
+                return;
+            }
+        };
+        match FileWatcher::new(waker) {
+            Ok(w) => self.watcher = Some(w),
+            Err(e) => {
+                log::error!("file watching disabled: {e}");
+                return;
+            }
+        }
+        self.watch_config();
+    }
+
+    /// (Re)compute the watched files: each pool's resolved executable and its
+    /// `watch` paths, and the config file.
+    pub(super) fn watch_config(&mut self) {
+        self.debounce.set_delay(self.config.watch.debounce);
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let mut wanted: BTreeMap<PathBuf, Vec<WatchOwner>> = BTreeMap::new();
+        let mut add = |p: PathBuf, o: WatchOwner| wanted.entry(cwd.join(p)).or_default().push(o);
+        if let Some(src) = &self.config.source {
+            add(src.clone(), WatchOwner::Config);
+        }
+        for (name, pool) in &self.config.pools {
+            let owner = WatchOwner::Pool(name.clone());
+            let path_env = match pool.env.get("PATH") {
+                Some(p) => Some(std::ffi::OsString::from(p)),
+                None if pool.drop_env.iter().any(|v| v == "PATH") => None,
+                None => std::env::var_os("PATH"),
+            };
+            if let Some(cmd0) = pool.command.first() {
+                match resolve_executable(cmd0, pool.cwd.as_deref(), path_env.as_deref()) {
+                    Some(exe) => add(exe, owner.clone()),
+                    None => log::warn!("pool {name}: {cmd0:?} not found in PATH; not watching it"),
+                }
+            }
+            for w in &pool.watch {
+                add(w.clone(), owner.clone());
+            }
+        }
+        let n = wanted.len();
+        for problem in watcher.set(wanted) {
+            log::warn!("watch: {problem}");
+        }
+        log::debug!("watching {n} file(s) for changes");
+    }
+
+    pub(super) fn on_watch_events(&mut self) {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let report = watcher.take_events();
+        for problem in report.problems {
+            log::warn!("watch: {problem}");
+        }
+        let now = Instant::now();
+        for change in report.changed {
+            for owner in change.owners {
+                let what = match &owner {
+                    WatchOwner::Config => "the configuration will be reloaded".to_string(),
+                    WatchOwner::Pool(p) => format!("pool {p} will roll"),
+                };
+                // One line per burst; the rest of a burst only at debug.
+                if self.debounce.is_pending(&owner) {
+                    log::debug!("watch: {} changed again", change.path.display());
+                } else {
+                    log::info!(
+                        "watch: {} changed; {what} after {:?} without further changes",
+                        change.path.display(),
+                        self.debounce.delay()
+                    );
+                }
+                self.debounce.event(owner, now);
+            }
+        }
+        if let Some(at) = self.debounce.next_deadline() {
+            self.timers.arm(Deadline::Debounce, at);
+        }
+    }
+
+    pub(super) fn on_debounced(&mut self, now: Instant) {
+        let due = self.debounce.due(now);
+        // Reload first: it may roll pools itself, which then need no second roll.
+        let mut rolled = Vec::new();
+        if due.contains(&WatchOwner::Config) {
+            if let Ok((_, r)) = self.reload("config file changed") {
+                rolled = r;
+            }
+        }
+        for owner in due {
+            let WatchOwner::Pool(name) = owner else {
+                continue;
+            };
+            if rolled.contains(&name) || self.pools.get(&name).is_none_or(|e| e.removing) {
+                continue;
+            }
+            match self.start_upgrade(Some(&name), None, None) {
+                Ok(_) => self.note_change(&name, "rolled (a watched file changed)".into()),
+                Err(e) => log::warn!("watch: pool {name}: {e}"),
+            }
+        }
+        if let Some(at) = self.debounce.next_deadline() {
+            self.timers.arm(Deadline::Debounce, at);
+        }
+    }
+}
