@@ -121,13 +121,15 @@ SIGNALS (sent to the master)
     CHLD         reap; a worker that died unasked is replaced
 
 CONFIGURATION FILE (--config, check)
-    [control] socket, mode, allow_uids     [log] level, syslog
-    [watch] enabled, debounce              [master] pidfile, lockfile, command_name
+    [control] socket, mode, allow_uids     [log] level, syslog, syslog_socket
+    [watch] enabled, debounce
+    [master] pidfile, lockfile, command_name, subreaper
     [pools.NAME] command (argv array, no shell), count, binds (as -b), drop_env,
-      env, cwd, ack (\"timer\"|\"manual\"), ack_timer, ack_timeout, retries,
-      respawn_delay, stop_signal, stop_timeout, max_unacked, max_surge,
+      env, cwd, ack (\"timer\"|\"manual\"|\"notify\"), ack_timer, ack_timeout,
+      retries, respawn_delay, stop_signal, stop_timeout, max_unacked, max_surge,
       upgrade (\"smooth\"|\"fleet\"), watch, command_socket_as_fd,
-      kill_children_on_exit
+      kill_children_on_exit, socket_protocol ([\"einhorn\"], [\"systemd\"] or
+      both), watchdog (notify ack)
     Durations: \"500ms\", \"2s\", \"1m\" or a number of seconds. Relative paths are
     relative to the master's working directory. With --config, only -v, -q, -d,
     --syslog, --watch/--no-watch, -e, -f and -c may be given; they override the file.

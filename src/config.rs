@@ -69,6 +69,9 @@ pub struct LogConfig {
     pub level: log::LevelFilter,
     /// Send WARN and above to syslog as well.
     pub syslog: bool,
+    /// The syslog daemon's socket; `None`: /dev/log, then /var/run/syslog and
+    /// /var/run/log (containers often mount it elsewhere).
+    pub syslog_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -235,6 +238,7 @@ impl Default for Config {
             log: LogConfig {
                 level: log::LevelFilter::Info,
                 syslog: false,
+                syslog_socket: None,
             },
             watch: WatchConfig {
                 enabled: true,
@@ -816,7 +820,7 @@ type Val<'i> = Spanned<DeValue<'i>>;
 
 const TOP_KEYS: &[&str] = &["control", "log", "watch", "master", "pools"];
 const CONTROL_KEYS: &[&str] = &["socket", "mode", "allow_uids"];
-const LOG_KEYS: &[&str] = &["level", "syslog"];
+const LOG_KEYS: &[&str] = &["level", "syslog", "syslog_socket"];
 const WATCH_KEYS: &[&str] = &["enabled", "debounce"];
 const MASTER_KEYS: &[&str] = &["pidfile", "lockfile", "command_name", "subreaper"];
 const POOL_KEYS: &[&str] = &[
@@ -1121,6 +1125,11 @@ impl Walker<'_> {
                 "syslog" => {
                     if let Some(b) = self.boolean(&key, v) {
                         out.syslog = b;
+                    }
+                }
+                "syslog_socket" => {
+                    if let Some(p) = self.path(&key, v) {
+                        out.syslog_socket = Some(p);
                     }
                 }
                 _ => self.unknown("log", &name, kspan, LOG_KEYS),
@@ -1476,6 +1485,7 @@ allow_uids = [1000, 1001]
 [log]
 level = "debug"
 syslog = true
+syslog_socket = "/run/log/syslog.sock"
 
 [watch]
 enabled = false
@@ -1528,6 +1538,10 @@ count = 0
         assert_eq!(c.control.allow_uids, vec![1000, 1001]);
         assert_eq!(c.log.level, log::LevelFilter::Debug);
         assert!(c.log.syslog);
+        assert_eq!(
+            c.log.syslog_socket.as_deref(),
+            Some(Path::new("/run/log/syslog.sock"))
+        );
         assert!(!c.watch.enabled);
         assert_eq!(c.watch.debounce, Duration::from_millis(500));
         assert_eq!(c.master.pidfile, Some(PathBuf::from("/run/app.pid")));

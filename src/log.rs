@@ -14,7 +14,8 @@ pub enum LogError {
 }
 
 /// Install the global logger. Syslog problems are reported and skipped, never fatal.
-pub fn init(level: LevelFilter, syslog: bool, process_name: &str) -> Result<(), LogError> {
+pub fn init(config: &crate::config::LogConfig, process_name: &str) -> Result<(), LogError> {
+    let (level, syslog) = (config.level, config.syslog);
     // Workers usually share the master's stderr (a terminal, the journal, a
     // container log). Each line is formatted into one buffer and written with a
     // single write(2), so lines from the master and workers never interleave
@@ -40,7 +41,11 @@ pub fn init(level: LevelFilter, syslog: bool, process_name: &str) -> Result<(), 
             process: process_name.to_string(),
             pid: std::process::id(),
         };
-        match syslog::unix(formatter) {
+        let logger = match &config.syslog_socket {
+            Some(path) => syslog::unix_custom(formatter, path),
+            None => syslog::unix(formatter),
+        };
+        match logger {
             Ok(logger) => {
                 root = root.chain(fern::Dispatch::new().level(LevelFilter::Warn).chain(logger));
             }
@@ -50,7 +55,13 @@ pub fn init(level: LevelFilter, syslog: bool, process_name: &str) -> Result<(), 
     root.apply()?;
     log::set_max_level(level);
     if let Some(e) = syslog_err {
-        log::warn!("syslog unavailable, logging to stderr only: {e}");
+        let at = config
+            .syslog_socket
+            .as_ref()
+            .map_or("/dev/log, /var/run/syslog or /var/run/log".into(), |p| {
+                p.display().to_string()
+            });
+        log::warn!("syslog unavailable at {at}, logging to stderr only: {e}");
     }
     Ok(())
 }

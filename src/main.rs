@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         .command_name
         .clone()
         .unwrap_or_else(|| "einhyrningsins".into());
-    if let Err(e) = einhyrningsins::log::init(config.log.level, config.log.syslog, &name) {
+    if let Err(e) = einhyrningsins::log::init(&config.log, &name) {
         eprintln!("einhyrningsins: {e}");
         return ExitCode::from(1);
     }
