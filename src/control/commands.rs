@@ -326,7 +326,7 @@ impl Master {
             "einhyrningsins {} pid {} up {} control {}{}",
             env!("CARGO_PKG_VERSION"),
             self.pid,
-            ago(self.rolling_uptime()),
+            ago(self.uptime()),
             self.control.path().display(),
             if self.is_shutting_down() {
                 " SHUTTING DOWN"
@@ -516,7 +516,7 @@ impl Master {
             "master": {
                 "pid": self.pid,
                 "version": env!("CARGO_PKG_VERSION"),
-                "uptime_secs": secs(self.rolling_uptime()),
+                "uptime_secs": secs(self.uptime()),
                 "control_socket": self.control.path(),
                 "config": self.config.source,
                 "shutting_down": self.is_shutting_down(),

@@ -104,6 +104,14 @@ enum Deadline {
     SdNotify,
 }
 
+/// A worker a pool asked for, waiting for its fork.
+struct PendingSpawn {
+    pool: String,
+    worker: crate::pool::WorkerId,
+    index: u32,
+    spec: Arc<crate::config::PoolConfig>,
+}
+
 /// How the master is winding down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -167,13 +175,8 @@ pub struct Master {
     pub(crate) waiters: HashMap<u64, Waiter>,
     waiter_of: HashMap<(String, UpgradeId), u64>,
     next_waiter: u64,
-    /// Spawns waiting for their fork: (pool, worker id, slot index, spec).
-    spawn_queue: std::collections::VecDeque<(
-        String,
-        crate::pool::WorkerId,
-        u32,
-        Arc<crate::config::PoolConfig>,
-    )>,
+    /// Spawns waiting for their fork (see [`SPAWN_BATCH`]).
+    spawn_queue: std::collections::VecDeque<PendingSpawn>,
     /// Pools whose deadlines may have changed since the last loop turn.
     dirty: HashSet<String>,
     exit_now: bool,
@@ -483,17 +486,19 @@ impl Master {
     // ---- carrying out pool actions -------------------------------------------
 
     pub(crate) fn execute(&mut self, name: &str, actions: Vec<Action>) {
-        let mut queue: std::collections::VecDeque<Action> = actions.into();
-        while let Some(action) = queue.pop_front() {
+        for action in actions {
             match action {
                 Action::Spawn {
                     worker,
                     index,
                     spec,
                     ..
-                } => self
-                    .spawn_queue
-                    .push_back((name.to_string(), worker, index, spec)),
+                } => self.spawn_queue.push_back(PendingSpawn {
+                    pool: name.to_string(),
+                    worker,
+                    index,
+                    spec,
+                }),
                 Action::Signal { pid, signal } => {
                     // The pid is not reaped yet (the pool forgets workers when
                     // reaped), so it cannot have been reused.
@@ -525,7 +530,13 @@ impl Master {
     /// Fork up to `budget` queued workers.
     fn run_spawns(&mut self, budget: usize) {
         for _ in 0..budget {
-            let Some((name, worker, index, spec)) = self.spawn_queue.pop_front() else {
+            let Some(PendingSpawn {
+                pool: name,
+                worker,
+                index,
+                spec,
+            }) = self.spawn_queue.pop_front()
+            else {
                 return;
             };
             let wanted = self
@@ -931,7 +942,7 @@ impl Master {
         }
     }
 
-    pub(crate) fn rolling_uptime(&self) -> Duration {
+    pub(crate) fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
 }
