@@ -946,11 +946,7 @@ impl Pool {
                 .map(|b| b.unacked.iter().map(|(_, id)| *id).collect())
                 .unwrap_or_default();
             for id in victims {
-                let sig = self
-                    .workers
-                    .get(&id)
-                    .map_or(Signal::SIGTERM, |w| w.spec.stop_signal);
-                self.stop_worker(id, sig, StopReason::Abandoned, now, out);
+                self.retire(id, StopReason::Abandoned, now, out);
             }
             self.target = up.from.clone();
             self.failures = 0;
@@ -1113,6 +1109,13 @@ impl Pool {
         }
     }
 
+    /// Stop a worker with the stop signal of the version it runs.
+    fn retire(&mut self, id: WorkerId, reason: StopReason, now: Instant, out: &mut Vec<Action>) {
+        if let Some(sig) = self.workers.get(&id).map(|w| w.spec.stop_signal) {
+            self.stop_worker(id, sig, reason, now, out);
+        }
+    }
+
     /// Pick up to `n` workers to stop from the given version filter: unacked
     /// first, highest index first, so indexes stay compact.
     fn pick(&self, n: usize, version: impl Fn(u64) -> bool) -> Vec<WorkerId> {
@@ -1167,11 +1170,7 @@ impl Pool {
                 let live: usize = self.buckets.values().map(Bucket::len).sum();
                 if live > count {
                     for id in self.pick(live - count, |_| true) {
-                        let sig = self
-                            .workers
-                            .get(&id)
-                            .map_or(Signal::SIGTERM, |w| w.spec.stop_signal);
-                        self.stop_worker(id, sig, StopReason::ScaledDown, now, out);
+                        self.retire(id, StopReason::ScaledDown, now, out);
                     }
                 } else {
                     self.spawn_n(count - live, now, out);
@@ -1184,13 +1183,6 @@ impl Pool {
     fn reconcile_upgrade(&mut self, up: &Upgrade, now: Instant, out: &mut Vec<Action>) {
         let count = self.count;
         let target = self.target.0;
-        let stop = |pool: &mut Pool, id: WorkerId, reason, out: &mut Vec<Action>| {
-            let sig = pool
-                .workers
-                .get(&id)
-                .map_or(Signal::SIGTERM, |w| w.spec.stop_signal);
-            pool.stop_worker(id, sig, reason, now, out);
-        };
         // Old workers that never acked count for nothing: retire them now.
         let old_unacked: Vec<WorkerId> = self
             .buckets
@@ -1199,13 +1191,13 @@ impl Pool {
             .flat_map(|(_, b)| b.unacked.iter().map(|(_, id)| *id))
             .collect();
         for id in old_unacked {
-            stop(self, id, StopReason::Retired, out);
+            self.retire(id, StopReason::Retired, now, out);
         }
         // More new workers than wanted (count lowered during the upgrade).
         let new_total = self.buckets.get(&target).map_or(0, Bucket::len);
         if new_total > count {
             for id in self.pick(new_total - count, |v| v == target) {
-                stop(self, id, StopReason::ScaledDown, out);
+                self.retire(id, StopReason::ScaledDown, now, out);
             }
         }
         let new_acked = self.buckets.get(&target).map_or(0, |b| b.acked.len());
@@ -1223,7 +1215,7 @@ impl Pool {
         };
         if retire > 0 {
             for id in self.pick(retire, |v| v != target) {
-                stop(self, id, StopReason::Retired, out);
+                self.retire(id, StopReason::Retired, now, out);
             }
         }
         // Sizes only: cloning the bucket would make every event O(workers).
