@@ -324,6 +324,17 @@ impl BoundSocket {
 
     /// Leave the unix socket file in place on drop. For handing the socket to a
     /// process that outlives us (e.g. a re-executed master) which then owns the path.
+    /// A second handle on the same listening socket (dup, close-on-exec) that
+    /// never unlinks a unix socket file: the original stays its owner.
+    pub fn try_clone_disowned(&self) -> io::Result<BoundSocket> {
+        Ok(BoundSocket {
+            spec: self.spec.clone(),
+            fd: self.fd.try_clone()?,
+            local_addr: self.local_addr.clone(),
+            unix_owner: None,
+        })
+    }
+
     pub fn disown_path(&mut self) {
         self.unix_owner = None;
     }

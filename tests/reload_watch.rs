@@ -528,3 +528,72 @@ fn watching_off_by_flag_or_config_changes_nothing() {
     assert_no_roll(&mut by_flag);
     assert_no_roll(&mut by_cfg);
 }
+
+/// A reload that changes a pool's binds and command, whose new version then
+/// fails: the pool falls back to its old version and, with it, to its old
+/// sockets. A worker respawned afterwards gets one socket, as before, and the
+/// address only the failed version wanted is closed.
+#[test]
+fn a_failed_roll_that_changed_binds_falls_back_to_the_old_sockets() {
+    let (p1, p2) = (free_port(), free_port());
+    let base = format!(
+        "{}{}",
+        head("100ms"),
+        pool_toml(
+            "web",
+            "\"{worker}\"",
+            2,
+            &format!("binds = [\"127.0.0.1:{p1},r\"]\nretries = 1\nrespawn_delay = \"100ms\"")
+        )
+    );
+    let mut m = Master::with_config_prepared("rl-fallback", &base, &["--no-watch"], |_| {});
+    let old = m.wait_acked("web", 2);
+    // New version: a second bind, and a program that exits at once.
+    m.write_config(&format!(
+        "{}{}",
+        head("100ms"),
+        pool_toml(
+            "web",
+            "\"/bin/false\"",
+            2,
+            &format!(
+                "binds = [\"127.0.0.1:{p1},r\", \"127.0.0.1:{p2},r\"]\nretries = 1\nrespawn_delay = \"100ms\""
+            )
+        )
+    ));
+    let (msg, err) = m.cmd("reload", &[], None);
+    assert!(!err && msg.contains("rolling web"), "{msg}");
+    wait_for("the roll to fail", Duration::from_secs(20), || {
+        let st = m.state();
+        (st["pools"]["web"]["last_upgrade"]["ok"] == false).then_some(())
+    });
+    assert_eq!(m.wait_acked("web", 2), old, "old workers keep serving");
+    let st = m.state();
+    assert_eq!(
+        st["pools"]["web"]["binds"].as_array().map(Vec::len),
+        Some(1),
+        "{st}"
+    );
+    wait_for(
+        "the failed version's port to close",
+        Duration::from_secs(10),
+        || (!accepts(p2)).then_some(()),
+    );
+    // A respawn of the old version gets the old socket set.
+    unsafe {
+        libc::kill(old[0], libc::SIGKILL);
+    }
+    let now = wait_for("a replacement worker", Duration::from_secs(20), || {
+        let acked = m.pids("web", "acked");
+        (acked.len() == 2 && !acked.contains(&old[0])).then_some(acked)
+    });
+    let fresh = now.into_iter().find(|p| *p != old[1]).expect("the new pid");
+    let env = std::fs::read(format!("/proc/{fresh}/environ")).expect("environ");
+    let env = String::from_utf8_lossy(&env);
+    assert!(
+        env.split('\0').any(|v| v == "EINHORN_FD_COUNT=1"),
+        "respawned worker got the wrong sockets: {}",
+        env.replace('\0', " ")
+    );
+    assert!(accepts(p1));
+}

@@ -127,6 +127,9 @@ pub(crate) struct PoolEntry {
     pub(crate) removing: bool,
     /// Last roll, reload or scale of this pool: when, and what and why.
     pub(crate) last_change: Option<(Instant, String)>,
+    /// During a roll that changed the binds: the previous sockets, in their
+    /// order, for the version a failed roll falls back to (see `settle_sockets`).
+    pub(crate) fallback: Option<Vec<BoundSocket>>,
 }
 
 impl PoolEntry {
@@ -136,6 +139,7 @@ impl PoolEntry {
             sockets,
             removing: false,
             last_change: None,
+            fallback: None,
         }
     }
 }
@@ -510,7 +514,13 @@ impl Master {
                     upgrade,
                     message,
                     outcome,
-                } => self.progress(name, upgrade, message, outcome),
+                } => {
+                    let finished = outcome.as_ref().map(Result::is_ok);
+                    self.progress(name, upgrade, message, outcome);
+                    if let Some(ok) = finished {
+                        self.settle_sockets(name, ok);
+                    }
+                }
                 Action::Stopped => {
                     let removing = self.pools.get(name).is_some_and(|e| e.removing);
                     if self.phase == Phase::Draining || removing {
@@ -525,6 +535,42 @@ impl Master {
             }
         }
         self.dirty.insert(name.to_string());
+    }
+
+    /// An upgrade of `name` ended. If it was a roll that changed the binds, the
+    /// previous sockets were kept aside: dropped on success (addresses no longer
+    /// configured close now), put back on failure, since the pool fell back to
+    /// the version that expects them (its EINHORN_FD_n).
+    fn settle_sockets(&mut self, name: &str, ok: bool) {
+        let Some(e) = self.pools.get_mut(name) else {
+            return;
+        };
+        if e.pool.upgrading().is_some() {
+            return; // superseded: the roll goes on
+        }
+        let Some(fallback) = e.fallback.take() else {
+            return;
+        };
+        if ok {
+            return;
+        }
+        let mut current = std::mem::take(&mut e.sockets);
+        // For an address in both sets keep the original (it owns a unix socket's
+        // path) and drop the duplicate.
+        e.sockets = fallback
+            .into_iter()
+            .map(
+                |old| match current.iter().position(|s| s.key() == old.key()) {
+                    Some(pos) => current.remove(pos),
+                    None => old,
+                },
+            )
+            .collect();
+        let binds: Vec<&str> = e.sockets.iter().map(BoundSocket::local_addr).collect();
+        log::warn!(
+            "pool {name}: the roll failed; back to the previous binds [{}]",
+            binds.join(", ")
+        );
     }
 
     /// Fork up to `budget` queued workers.

@@ -2,6 +2,7 @@
 //! apply the per-pool difference; and SIGHUP, which reloads and rolls the rest.
 
 use super::*;
+use crate::bind::BindSpec;
 
 impl Master {
     /// HUP: re-read the config (with `--config`), then roll every pool the reload
@@ -185,11 +186,41 @@ impl Master {
                 continue;
             };
             let sockets = sockets_for.remove(name).unwrap_or_default();
+            let old_binds: Vec<String> = self
+                .config
+                .pools
+                .get(name)
+                .map(|p| p.binds.iter().map(BindSpec::addr_text).collect())
+                .unwrap_or_default();
+            let binds_changed = old_binds
+                != spec
+                    .binds
+                    .iter()
+                    .map(BindSpec::addr_text)
+                    .collect::<Vec<_>>();
             let spec = Arc::new(spec.clone());
             if let Some(e) = self.pools.get_mut(name) {
                 // Rolled: new workers get the new spec and sockets; old ones keep
-                // the sockets they inherited until they drain.
-                e.sockets = sockets;
+                // the sockets they inherited until they drain. The addresses the
+                // new binds dropped were left here by the take above.
+                let mut old_only = std::mem::replace(&mut e.sockets, sockets);
+                if binds_changed && e.fallback.is_none() {
+                    // Keep the previous set, in order, until the roll ends: a
+                    // failed roll falls back to the version that expects it.
+                    let mut fallback = Vec::new();
+                    for key in &old_binds {
+                        if let Some(pos) = old_only.iter().position(|s| s.key() == *key) {
+                            fallback.push(old_only.remove(pos));
+                        } else if let Some(s) = e.sockets.iter().find(|s| s.key() == *key) {
+                            match s.try_clone_disowned() {
+                                Ok(dup) => fallback.push(dup),
+                                Err(err) => log::warn!("reload: pool {name}: could not keep {key} for a fallback: {err}"),
+                            }
+                        }
+                    }
+                    e.fallback = Some(fallback);
+                }
+                drop(old_only);
                 let mut actions = e.pool.set_count(spec.count, now).unwrap_or_default();
                 match e.pool.upgrade(None, Some(spec), now) {
                     Ok((_, a)) => actions.extend(a),
