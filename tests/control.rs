@@ -1057,3 +1057,69 @@ count = 1
         .expect("a queued client gets its reply once fds are free");
     assert!(line.contains("einhyrningsins"), "{line}");
 }
+
+/// Past MAX_CLIENTS open connections a new client is told so and closed,
+/// instead of the master running out of fds; once some leave, clients are
+/// served again.
+#[test]
+fn too_many_clients_are_refused_with_a_reason() {
+    const MAX: usize = einhyrningsins::control::server::MAX_CLIENTS;
+    // The test and the master (which inherits the limit) need MAX + slack fds.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    let want = (MAX as libc::rlim_t + 256).max(lim.rlim_cur);
+    if lim.rlim_max < want {
+        eprintln!(
+            "note: RLIMIT_NOFILE hard limit {} too low; skipping",
+            lim.rlim_max
+        );
+        return;
+    }
+    lim.rlim_cur = want;
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let m = Master::with_config(
+        "ctl-maxclients",
+        "[control]\nsocket = \"{sock}\"\n[pools.web]\ncommand = [\"{worker}\"]\n",
+    );
+    // More clients than allowed. Each gets one line: an answer, or the refusal
+    // (sent at accept time). Exactly MAX is racy (the harness's own probe
+    // connection may not be reaped yet), so check the bounds.
+    let mut clients = Vec::with_capacity(MAX + 20);
+    for _ in 0..MAX + 20 {
+        let c = UnixStream::connect(&m.sock).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        clients.push(c);
+    }
+    let (mut served, mut refused) = (0, 0);
+    for c in clients.iter_mut() {
+        let _ = c.write_all(b"{\"command\":\"version\"}\n"); // a refused one may be closed
+        let mut line = String::new();
+        BufReader::new(&*c).read_line(&mut line).expect("a line");
+        if line.contains("einhyrningsins") {
+            served += 1;
+        } else {
+            assert!(line.contains("too many control connections"), "{line}");
+            refused += 1;
+        }
+    }
+    assert!((MAX - 8..=MAX).contains(&served), "served {served}");
+    assert!(refused >= 20, "refused {refused}");
+    // Room again once clients leave.
+    clients.clear();
+    let (msg, err) = wait_for(
+        "a client to be served again",
+        Duration::from_secs(10),
+        || {
+            let r = m.cmd("version", &[], None);
+            (!r.1).then_some(r)
+        },
+    );
+    assert!(!err && msg.contains("einhyrningsins"), "{msg}");
+}

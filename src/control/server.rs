@@ -19,6 +19,10 @@ use mio::{Interest, Registry, Token};
 
 use super::codec::MAX_LINE;
 
+/// Client connections open at once; more are refused with an error reply, so a
+/// misbehaving tool cannot exhaust the master's fds.
+pub const MAX_CLIENTS: usize = 1024;
+
 /// Tokens at and above this value are control connections.
 pub const CONN_BASE: usize = 1 << 20;
 
@@ -83,6 +87,8 @@ pub struct ControlServer {
     path: PathBuf,
     ino: Option<(u64, u64)>,
     conns: HashMap<ConnId, Conn>,
+    /// How many of `conns` are workers' `-g` channels.
+    persistent: usize,
     next: ConnId,
 }
 
@@ -142,6 +148,7 @@ impl ControlServer {
             path: path.to_path_buf(),
             ino,
             conns: HashMap::new(),
+            persistent: 0,
             next: CONN_BASE,
         })
     }
@@ -171,6 +178,17 @@ impl ControlServer {
         let mut ids = Vec::new();
         loop {
             match self.listener.accept() {
+                Ok((mut stream, _)) if self.clients() >= MAX_CLIENTS => {
+                    // Say why instead of leaving the client hanging; best effort,
+                    // the socket is fresh so a short reply fits its buffer.
+                    log::warn!("control: refused a client: {MAX_CLIENTS} connections already open");
+                    let reply = super::codec::Reply::failure(
+                        format!("too many control connections ({MAX_CLIENTS}); try again later"),
+                        None,
+                    );
+                    let _ =
+                        stream.write(&super::codec::encode(&reply, super::codec::Encoding::Json));
+                }
                 Ok((stream, _)) => match self.adopt(registry, stream) {
                     Ok(id) => ids.push(id),
                     Err(e) => log::warn!("control: could not register a connection: {e}"),
@@ -187,6 +205,11 @@ impl ControlServer {
             }
         }
         (ids, false)
+    }
+
+    /// Open client connections (workers' `-g` channels not counted).
+    fn clients(&self) -> usize {
+        self.conns.len() - self.persistent
     }
 
     /// Take an already-connected stream (a `-g` socketpair end, or an accepted one).
@@ -217,7 +240,10 @@ impl ControlServer {
     /// Mark a connection as a worker's persistent channel (`-g`).
     pub fn set_persistent(&mut self, id: ConnId) {
         if let Some(c) = self.conns.get_mut(&id) {
-            c.persistent = true;
+            if !c.persistent {
+                c.persistent = true;
+                self.persistent += 1;
+            }
         }
     }
 
@@ -380,6 +406,9 @@ impl ControlServer {
 
     pub fn close(&mut self, registry: &Registry, id: ConnId) {
         if let Some(mut conn) = self.conns.remove(&id) {
+            if conn.persistent {
+                self.persistent -= 1;
+            }
             let _ = registry.deregister(&mut conn.stream);
         }
     }
