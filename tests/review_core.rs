@@ -81,9 +81,10 @@ ack = "manual"
 /// had stopped used to be reported as "added" while the draining pool swallowed
 /// the new config (it refused to start workers and was then dropped): the
 /// configured pool silently never ran. And `upgrade` of the draining pool
-/// answered "Upgrade done".
+/// answered "Upgrade done". Now the draining pool moves aside (`api~old`) and
+/// the re-added one starts at once.
 #[test]
-fn a_pool_readded_while_it_still_drains_is_refused_not_lost() {
+fn a_pool_readded_while_it_still_drains_starts_at_once() {
     let mut m = Master::with_config("readd", TWO_POOLS);
     m.wait_acked("web", 1);
     let old = m.wait_acked("api", 1);
@@ -94,21 +95,28 @@ fn a_pool_readded_while_it_still_drains_is_refused_not_lost() {
     assert!(err, "upgrade of a removed, draining pool succeeded: {msg}");
     assert!(msg.contains("api"), "{msg}");
 
+    // The old api worker ignores its stop signal: it is still draining.
     m.write_config(TWO_POOLS);
     let (msg, err) = m.cmd("reload", &[], None);
-    assert!(err, "re-adding a draining pool was accepted: {msg}");
-    assert!(msg.contains("api") && msg.contains("drain"), "{msg}");
-
-    // Once the old worker is gone (SIGKILL after stop_timeout), the same reload works.
+    assert!(!err, "re-adding a draining pool was refused: {msg}");
+    let new = m.wait_acked("api", 1);
+    assert_ne!(new, old);
+    let st = m.state();
+    let aside = &st["pools"]["api~old"];
+    assert_eq!(
+        aside["workers"][0]["pid"].as_i64(),
+        Some(i64::from(old[0])),
+        "{st}"
+    );
+    assert_eq!(aside["workers"][0]["state"], "draining", "{st}");
+    // It finishes draining (SIGKILL after stop_timeout) and disappears.
     wait_for(
-        "the removed pool to be gone",
+        "the moved-aside pool to be gone",
         std::time::Duration::from_secs(30),
-        || m.state()["pools"]["api"].is_null().then_some(()),
+        || m.state()["pools"]["api~old"].is_null().then_some(()),
     );
     assert!(!alive(old[0]));
-    let (msg, err) = m.cmd("reload", &[], None);
-    assert!(!err, "{msg}");
-    m.wait_acked("api", 1);
+    assert_eq!(m.wait_acked("api", 1), new);
 }
 
 /// A Type=notify worker in Python: READY=1 at once, then WATCHDOG=1 every 50 ms.

@@ -88,21 +88,6 @@ impl Master {
         new.control = self.config.control.clone();
         new.master = self.config.master.clone();
         let d = crate::config::diff(&self.config, &new);
-        // A removed pool drains under its name until its last worker is gone; it
-        // cannot take a new config meanwhile (it refuses to start workers).
-        let draining: Vec<&str> = d
-            .added
-            .iter()
-            .filter(|n| self.pools.get(n.as_str()).is_some_and(|e| e.removing))
-            .map(String::as_str)
-            .collect();
-        if !draining.is_empty() {
-            return Err(format!(
-                "pool(s) {} still draining after their removal; reload again once they have stopped",
-                draining.join(", ")
-            ));
-        }
-
         // Sockets for every added or rolled pool: a running socket with the same
         // address is kept (no moment without a listener), others are bound anew;
         // all or nothing. Port-0 binds are only kept by their own pool: each one
@@ -169,6 +154,15 @@ impl Master {
                 }
             }
             sockets_for.insert(name.clone(), sockets);
+        }
+        // A pool removed earlier may still be draining under the name the new
+        // file adds again: it moves aside (an internal name no config can use,
+        // its workers' pids re-pointed) and drains there, and the new pool
+        // starts at once under its name.
+        for name in &d.added {
+            if self.pools.get(name).is_some_and(|e| e.removing) {
+                self.move_aside(name);
+            }
         }
         let now = Instant::now();
         let mut parts = Vec::new();
@@ -302,5 +296,30 @@ impl Master {
         );
         log::info!("{summary}");
         Ok((summary, rolled))
+    }
+
+    /// Re-key a draining, removed pool as `NAME~old` (or `~old2`, ...).
+    fn move_aside(&mut self, name: &str) {
+        let key = (1..)
+            .map(|n| {
+                if n == 1 {
+                    format!("{name}~old")
+                } else {
+                    format!("{name}~old{n}")
+                }
+            })
+            .find(|k| !self.pools.contains_key(k))
+            .unwrap_or_else(|| format!("{name}~old"));
+        let Some(e) = self.pools.remove(name) else {
+            return;
+        };
+        for pid in e.pool.workers_sorted().iter().filter_map(|w| w.pid) {
+            self.pid_pool.insert(pid, key.clone());
+        }
+        self.pools.insert(key.clone(), e);
+        self.dirty.insert(key.clone());
+        log::info!(
+            "pool {name}: added again while its previous workers still drain; those drain on as {key}"
+        );
     }
 }
