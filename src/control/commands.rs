@@ -65,6 +65,13 @@ pub const COMMANDS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The command names alone, in [`COMMANDS`] order (for errors and completion).
+pub fn command_names() -> impl Iterator<Item = &'static str> {
+    COMMANDS
+        .iter()
+        .map(|(c, _)| c.split_once(' ').map_or(*c, |(name, _)| name))
+}
+
 enum Outcome {
     Ok(String),
     Err(String),
@@ -243,11 +250,7 @@ impl Master {
             }
             other => Outcome::Err(format!(
                 "Unknown command: {other:?}. Commands: {}",
-                COMMANDS
-                    .iter()
-                    .map(|(c, _)| c.split(' ').next().unwrap_or(c))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                command_names().collect::<Vec<_>>().join(", ")
             )),
         }
     }

@@ -24,28 +24,17 @@ use crate::{words, Settings};
 
 const PROMPT: &str = "einhyrningsins> ";
 
-/// Command names offered by tab completion: the master's, then the shell's own.
-const COMMANDS: &[&str] = &[
-    "ehlo",
-    "help",
-    "check",
-    "state",
-    "status",
-    "inc",
-    "dec",
-    "set_workers",
-    "upgrade",
-    "upgrade_fleet",
-    "signal",
-    "die",
-    "reload",
-    "version",
-    "louder",
-    "quieter",
-    "pool",
-    "quit",
-    "exit",
-];
+/// The shell's own commands, offered by tab completion after the master's.
+const SHELL_COMMANDS: &[&str] = &["pool", "quit", "exit"];
+
+/// Command names offered by tab completion: the master's own table (minus the
+/// `worker:*` messages workers send), then the shell's.
+fn command_names() -> Vec<&'static str> {
+    einhyrningsins::control::commands::command_names()
+        .filter(|c| !c.starts_with("worker:"))
+        .chain(SHELL_COMMANDS.iter().copied())
+        .collect()
+}
 
 /// Signal names offered after `signal` and `die`.
 const SIGNALS: &[&str] = &[
@@ -378,8 +367,12 @@ fn complete(line: &str, pos: usize) -> (usize, Vec<Pair>) {
         .map_or(0, |(i, c)| i + c.len_utf8());
     let prefix = &before[start..];
     let previous: Vec<&str> = before[..start].split_whitespace().collect();
+    let all;
     let names: &[&str] = match previous.first() {
-        None => COMMANDS,
+        None => {
+            all = command_names();
+            &all
+        }
         Some(&"signal") => SIGNALS,
         Some(&"die") if previous.len() == 1 => SIGNALS,
         Some(_) => &[],
