@@ -22,3 +22,13 @@ pub mod sdnotify;
 pub mod timer;
 pub mod watch;
 pub mod worker;
+
+/// The control protocol as clients and tests see it: wire types and codec, and
+/// the limits a client can run into.
+pub mod protocol {
+    pub use crate::control::codec::{
+        decode, decode_reply, encode, encode_request, DecodeError, DecodeFailure, Encoding, Reply,
+        Request, MAX_LINE,
+    };
+    pub use crate::control::server::MAX_CLIENTS;
+}
