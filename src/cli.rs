@@ -24,10 +24,10 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use nix::sys::signal::Signal;
 
-use crate::bind::{BindSpec, Family};
 use crate::config::{
     self, AckMode, Config, ConfigErrors, PoolConfig, UpgradeStrategy, DEFAULT_SOCKET,
 };
+use crate::config::{BindSpec, Family};
 
 /// What the process was asked to do.
 // Built once per process; boxing the Config would only make callers deref.
@@ -670,7 +670,7 @@ fn apply_globals(a: &Args, cfg: &mut Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bind::BindAddr;
+    use crate::config::BindAddr;
     use std::path::Path;
 
     fn run(args: &[&str]) -> Result<Config, CliError> {

@@ -1,34 +1,95 @@
 //! einhyrningsins: a socket master that keeps pools of workers alive on shared
 //! listening sockets and replaces them without downtime.
 //!
-//! Architecture in one paragraph: `cli` and `config` turn a command line or a TOML
-//! file into one validated [`config::Config`]; `bind` turns address specs into
-//! listening sockets; `pool` is a pure state machine (events in, actions out) that
-//! decides which workers to spawn, signal and retire; `worker` does the fork/exec;
-//! `master` runs the single mio event loop that feeds OS events to the pools and
-//! carries out their actions; `control` speaks the einhorn-compatible control
-//! protocol on a unix socket.
+//! The crate is a library only so that its two binaries share code; its public
+//! surface is [`main`] (the master's entry point) and [`protocol`] (the wire
+//! types, used by einhyrningsinsctl and by tests). Everything else is private to
+//! the crate, so the compiler reports what nobody uses.
+//!
+//! The architecture, the dependency rule and the life of an event, a request, an
+//! upgrade and a reload are in docs/architecture.md. In one paragraph: `cli` and
+//! `config` turn a command line or a TOML file into one validated
+//! [`config::Config`]; `pool` is a pure state machine (events in, actions out)
+//! that decides which workers to spawn, signal and retire; `master` runs the
+//! single mio event loop that feeds OS events to the pools and carries out their
+//! actions, using `bind` (listening sockets), `spawn` (fork/exec), `control`
+//! (the control socket), `systemd` (systemd's protocols), `watch` (the file
+//! watcher thread), `timer` (the deadline queue) and `log`.
 
-pub mod activation;
-pub mod bind;
-pub mod cli;
-pub mod config;
-pub mod control;
-pub mod log;
-pub mod master;
-pub mod notify_ack;
-pub mod pool;
-pub mod sdnotify;
-pub mod timer;
-pub mod watch;
-pub mod worker;
+mod bind;
+mod cli;
+mod config;
+mod control;
+mod log;
+mod master;
+mod pool;
+mod spawn;
+mod systemd;
+mod timer;
+mod watch;
 
-/// The control protocol as clients and tests see it: wire types and codec, and
-/// the limits a client can run into.
-pub mod protocol {
-    pub use crate::control::codec::{
-        decode, decode_reply, encode, encode_request, DecodeError, DecodeFailure, Encoding, Reply,
-        Request, MAX_LINE,
+#[cfg(test)]
+mod testutil;
+
+pub use control::protocol;
+
+use std::process::ExitCode;
+
+/// The `einhyrningsins` binary: parse the command line or config file, take the
+/// sockets, run the master loop. Exit status: 0 normal, 1 runtime failure, 2
+/// usage, configuration, or a socket that cannot be had at start.
+pub fn main() -> ExitCode {
+    // Hidden: `--exec-trampoline PROGRAM ARGS...` (src/systemd/activation.rs).
+    if let Some(status) = systemd::activation::trampoline_main() {
+        return ExitCode::from(status);
+    }
+    let config = match cli::parse_args(std::env::args_os()) {
+        Ok(cli::Invocation::Run(config)) => config,
+        Ok(cli::Invocation::Check(path)) => return check(&path),
+        Err(e) => {
+            e.print();
+            return code(e.exit_code());
+        }
     };
-    pub use crate::control::server::MAX_CLIENTS;
+    let name = config
+        .master
+        .command_name
+        .clone()
+        .unwrap_or_else(|| "einhyrningsins".into());
+    if let Err(e) = log::init(&config.log, &name) {
+        eprintln!("einhyrningsins: {e}");
+        return ExitCode::from(1);
+    }
+    let master = match master::Master::new(config) {
+        Ok(m) => m,
+        Err(e) => {
+            ::log::error!("{e}");
+            return code(e.exit_code());
+        }
+    };
+    match master.run() {
+        Ok(status) => code(status),
+        Err(e) => {
+            ::log::error!("{e}");
+            code(e.exit_code())
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::Config::load(path) {
+        Ok(c) => {
+            print!("{}", c.summary());
+            println!("{}: OK", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn code(c: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(c).unwrap_or(1))
 }

@@ -77,10 +77,12 @@ impl<K: Ord + Hash + Clone> TimerQueue<K> {
             .map(|at| at.saturating_duration_since(now))
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.armed.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.armed.is_empty()
     }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::*;
-use einhyrningsins::control::codec::{self, Encoding};
+use einhyrningsins::protocol::{self as codec, Encoding};
 use serde_json::{json, Value};
 
 /// Two pools: `web` acks itself over the socket (manual), `api` on a short timer.
@@ -1063,7 +1063,7 @@ count = 1
 /// served again.
 #[test]
 fn too_many_clients_are_refused_with_a_reason() {
-    const MAX: usize = einhyrningsins::control::server::MAX_CLIENTS;
+    const MAX: usize = einhyrningsins::protocol::MAX_CLIENTS;
     // The test and the master (which inherits the limit) need MAX + slack fds.
     let mut lim = libc::rlimit {
         rlim_cur: 0,

@@ -215,10 +215,29 @@ fn activated_master(tag: &str, toml: &str, fds: &[std::os::fd::RawFd], names: &s
         .env("LISTEN_FDNAMES", names)
         .env_remove("NOTIFY_SOCKET")
         .env_remove("LISTEN_PID");
-    let (plan, _, _) = einhyrningsins::activation::FdPlan::new(fds, None);
-    // SAFETY: FdPlan::apply only calls dup3/dup2.
+    let fds: Vec<i32> = fds.to_vec();
+    let temp_base = fds
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(3 + fds.len() as i32)
+        + 1;
+    // SAFETY: only dup3/dup2 between fork and exec.
     unsafe {
-        cmd.pre_exec(move || plan.apply());
+        cmd.pre_exec(move || {
+            for (i, &src) in fds.iter().enumerate() {
+                if libc::dup3(src, temp_base + i as i32, libc::O_CLOEXEC) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for i in 0..fds.len() as i32 {
+                if libc::dup2(temp_base + i, 3 + i) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
     Master::from_command(dir, sock, cmd)
 }

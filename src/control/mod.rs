@@ -1,8 +1,7 @@
-//! Control socket: wire codec, connections, commands.
-//!
-//! `codec` is the wire format (JSON and einhorn's escaped YAML), `server` the
-//! transport on the mio loop, `commands` what each command does to the master.
+//! The control socket: `protocol` is the wire format (JSON and einhorn's escaped
+//! YAML) and the typed commands, shared with einhyrningsinsctl; `server` is the
+//! transport on the mio loop (connections, buffers, limits). What a command does
+//! to the master is decided in `crate::master`.
 
-pub mod codec;
-pub mod commands;
-pub mod server;
+pub mod protocol;
+pub(crate) mod server;

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
 
-use super::codec::MAX_LINE;
+use super::protocol::MAX_LINE;
 
 /// Client connections open at once; more are refused with an error reply, so a
 /// misbehaving tool cannot exhaust the master's fds.
@@ -161,14 +161,6 @@ impl ControlServer {
         registry.register(&mut self.listener, token, Interest::READABLE)
     }
 
-    pub fn len(&self) -> usize {
-        self.conns.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.conns.is_empty()
-    }
-
     /// Accept every pending connection; returns the new ids.
     /// Accept pending connections. The flag is true when accepting failed
     /// (EMFILE, ENFILE, ENOBUFS): clients may still be queued, and with
@@ -182,12 +174,14 @@ impl ControlServer {
                     // Say why instead of leaving the client hanging; best effort,
                     // the socket is fresh so a short reply fits its buffer.
                     log::warn!("control: refused a client: {MAX_CLIENTS} connections already open");
-                    let reply = super::codec::Reply::failure(
+                    let reply = super::protocol::Reply::failure(
                         format!("too many control connections ({MAX_CLIENTS}); try again later"),
                         None,
                     );
-                    let _ =
-                        stream.write(&super::codec::encode(&reply, super::codec::Encoding::Json));
+                    let _ = stream.write(&super::protocol::encode(
+                        &reply,
+                        super::protocol::Encoding::Json,
+                    ));
                 }
                 Ok((stream, _)) => match self.adopt(registry, stream) {
                     Ok(id) => ids.push(id),
@@ -411,11 +405,6 @@ impl ControlServer {
             }
             let _ = registry.deregister(&mut conn.stream);
         }
-    }
-
-    /// Raw fd of the listener (for tests of fd hygiene).
-    pub fn listener_fd(&self) -> i32 {
-        self.listener.as_raw_fd()
     }
 }
 

@@ -2,7 +2,14 @@
 //! depend on, the watcher's wake-ups, and the debounced decisions (roll a pool,
 //! reload the config). The watcher thread itself (src/watch.rs) only forwards.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::token::Source;
+use super::{Deadline, Master, WatchOwner};
+use crate::watch::{resolve_executable, FileWatcher};
 
 impl Master {
     /// Start the watcher thread (if enabled) and watch what the config names.
@@ -11,7 +18,7 @@ impl Master {
             log::info!("file watching is off");
             return;
         }
-        let waker = match mio::Waker::new(self.poll.registry(), WATCH) {
+        let waker = match mio::Waker::new(self.poll.registry(), Source::Watch.token()) {
             Ok(w) => Arc::new(w),
             Err(e) => {
                 log::error!("file watching disabled: could not create a waker: {e}");
@@ -103,8 +110,8 @@ impl Master {
         // Reload first: it may roll pools itself, which then need no second roll.
         let mut rolled = Vec::new();
         if due.contains(&WatchOwner::Config) {
-            if let Ok((_, r)) = self.reload("config file changed") {
-                rolled = r;
+            if let Ok(r) = self.reload("config file changed") {
+                rolled = r.rolled;
             }
         }
         for owner in due {

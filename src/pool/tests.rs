@@ -692,7 +692,7 @@ fn backoff_grows_by_half_and_caps() {
     assert_eq!(backoff(Duration::ZERO, 5), Duration::ZERO);
 }
 
-// ---- ack = "notify": READY, WATCHDOG, STOPPING (crate::notify_ack) ----------
+// ---- ack = "notify": READY, WATCHDOG, STOPPING (crate::systemd::worker_notify) ----------
 
 fn notify_spec(watchdog: Option<Duration>) -> PoolConfig {
     let mut p = spec(1);

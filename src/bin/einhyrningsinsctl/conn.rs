@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use einhyrningsins::protocol::{self, Encoding};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -76,30 +76,34 @@ impl CtlError {
     }
 }
 
-/// One request line. Field order is the wire order the master's tests and logs
-/// show: `{"command":..,"args":[..],"id":N,"pool":..}`.
-#[derive(Debug, Serialize)]
-pub struct Request<'a> {
-    pub command: &'a str,
-    pub args: &'a [String],
-    pub id: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pool: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user: Option<&'a str>,
+/// A request to send (the protocol's own type, shared with the master).
+pub use einhyrningsins::protocol::Request;
+
+/// A JSON request from the client: `{"command":..,"args":[..],"id":N,"pool":..}`.
+pub fn request(
+    command: &str,
+    args: &[String],
+    id: u64,
+    pool: Option<&str>,
+    user: Option<&str>,
+) -> Request {
+    let mut r = Request::new(command, Encoding::Json);
+    r.args = args.to_vec();
+    r.id = Some(Value::from(id));
+    r.pool = pool.map(str::to_string);
+    r.user = user.map(str::to_string);
+    r
 }
 
-/// One parsed reply line that belongs to the request in flight.
+/// One reply line that belongs to the request in flight.
 #[derive(Debug)]
 pub struct Reply {
     /// The line as received, without its newline (for `--json`).
     pub raw: String,
-    /// `message`, if the reply has one (non-string values rendered as JSON).
-    pub message: Option<String>,
-    /// `"error": true`.
-    pub error: bool,
-    /// `"wait": true`: more replies follow.
-    pub wait: bool,
+    /// The reply, decoded by the protocol's codec.
+    pub reply: protocol::Reply,
+    /// The line had a `message` (a reply without one is printed raw).
+    pub has_message: bool,
 }
 
 /// How a request ended once its final reply arrived.
@@ -177,16 +181,12 @@ impl Conn {
     /// master cannot know the id of a line it failed to parse.
     pub fn request(
         &mut self,
-        req: &Request<'_>,
+        req: &Request,
         timeout: Option<Duration>,
         on_reply: &mut dyn FnMut(&Reply) -> io::Result<()>,
     ) -> Result<Outcome, CtlError> {
-        let mut line = serde_json::to_vec(req).map_err(|e| CtlError::BadReply {
-            path: self.path.clone(),
-            detail: format!("cannot encode the request: {e}"),
-            snippet: String::new(),
-        })?;
-        line.push(b'\n');
+        let line = protocol::encode_request(req);
+        let id = req.id.as_ref().and_then(Value::as_u64).unwrap_or(0);
         let deadline = timeout.map(|t| Instant::now() + t);
         // A master that refuses us (SO_PEERCRED) answers and hangs up at once,
         // usually before our request is written: its answer is still readable,
@@ -222,7 +222,7 @@ impl Conn {
                     &format!("while waiting for the reply to `{}`", req.command),
                 ),
             })?;
-            let Some(reply) = parse_reply(&raw, req.id).map_err(|detail| CtlError::BadReply {
+            let Some(reply) = parse_reply(&raw, id).map_err(|detail| CtlError::BadReply {
                 path: self.path.clone(),
                 detail,
                 snippet: snippet(&raw),
@@ -230,11 +230,11 @@ impl Conn {
             else {
                 continue;
             };
-            if reply.error {
+            if reply.reply.error {
                 outcome = Outcome::ErrorReply;
             }
             on_reply(&reply).map_err(CtlError::Stdout)?;
-            if !reply.wait {
+            if !reply.reply.wait {
                 return Ok(outcome);
             }
         }
@@ -308,14 +308,15 @@ fn went_away(e: &io::Error, when: &str) -> CtlError {
 }
 
 /// Parses a reply line. `Ok(None)` means a reply to some other request.
+/// The client speaks JSON only; the codec's YAML reading is not used here.
 fn parse_reply(raw: &[u8], id: u64) -> Result<Option<Reply>, String> {
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
     let text = std::str::from_utf8(raw).map_err(|e| format!("not UTF-8: {e}"))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-    let Value::Object(obj) = value else {
-        return Err("not an object".to_string());
-    };
-    let ours = match obj.get("request_id") {
+    if !text.trim_start().starts_with('{') {
+        return Err("not a JSON object".to_string());
+    }
+    let (reply, _) = protocol::decode_reply(text.as_bytes()).map_err(|f| f.error.to_string())?;
+    let ours = match &reply.request_id {
         None | Some(Value::Null) => true,
         Some(Value::Number(n)) => n.as_u64() == Some(id),
         Some(Value::String(s)) => s.trim() == id.to_string(),
@@ -324,16 +325,10 @@ fn parse_reply(raw: &[u8], id: u64) -> Result<Option<Reply>, String> {
     if !ours {
         return Ok(None);
     }
-    let message = match obj.get("message") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => Some(other.to_string()),
-    };
     Ok(Some(Reply {
         raw: text.to_string(),
-        message,
-        error: obj.get("error") == Some(&Value::Bool(true)),
-        wait: obj.get("wait") == Some(&Value::Bool(true)),
+        has_message: text.contains("\"message\""),
+        reply,
     }))
 }
 
@@ -366,20 +361,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_bytes_follow_the_wire_order() -> Result<(), serde_json::Error> {
+    fn request_bytes_follow_the_wire_order() {
         let args = vec!["2".to_string()];
-        let req = Request {
-            command: "inc",
-            args: &args,
-            id: 1,
-            pool: Some("web"),
-            user: None,
-        };
+        let req = request("inc", &args, 1, Some("web"), None);
         assert_eq!(
-            serde_json::to_string(&req)?,
-            r#"{"command":"inc","args":["2"],"id":1,"pool":"web"}"#
+            protocol::encode_request(&req),
+            b"{\"command\":\"inc\",\"args\":[\"2\"],\"id\":1,\"pool\":\"web\"}\n"
         );
-        Ok(())
     }
 
     #[test]
@@ -393,7 +381,7 @@ mod tests {
             Ok(Some(_))
         ));
         match parse_reply(br#"{"message":"Could not parse command"}"#, 7) {
-            Ok(Some(r)) => assert_eq!(r.message.as_deref(), Some("Could not parse command")),
+            Ok(Some(r)) => assert_eq!(r.reply.message, "Could not parse command"),
             other => panic!("old-style reply not taken: {other:?}"),
         }
     }
@@ -404,7 +392,7 @@ mod tests {
             b"{\"message\":\"a\",\"request_id\":1,\"wait\":true,\"error\":true}\r",
             1,
         ) {
-            Ok(Some(r)) => assert!(r.wait && r.error),
+            Ok(Some(r)) => assert!(r.reply.wait && r.reply.error),
             other => panic!("{other:?}"),
         }
         assert!(parse_reply(b"[1,2]", 1).is_err());

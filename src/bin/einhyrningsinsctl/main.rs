@@ -16,12 +16,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use einhyrningsins::protocol;
 
-use conn::{Conn, CtlError, Outcome, Reply, Request, EXIT_FAILURE};
-
-/// Commands that may legitimately run for minutes (rolling a fleet through
-/// slow acks), so they get no default deadline.
-const LONG_COMMANDS: &[&str] = &["upgrade", "upgrade_fleet", "reload"];
+use conn::{Conn, CtlError, Outcome, Reply, EXIT_FAILURE};
 
 /// Default deadline for the final reply of every other command.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -149,7 +146,9 @@ impl Settings {
         match self.timeout_flag {
             Some(t) if t.is_zero() => None,
             Some(t) => Some(t),
-            None if LONG_COMMANDS.contains(&command) => None,
+            // Commands that may legitimately run for minutes (rolling a pool
+            // through slow acks) get no default deadline (the master's table).
+            None if protocol::command::lookup(command).is_some_and(|c| c.long_running) => None,
             None => Some(DEFAULT_TIMEOUT),
         }
     }
@@ -160,15 +159,16 @@ impl Settings {
         if self.json {
             return writeln!(io::stdout().lock(), "{}", reply.raw);
         }
-        let text = match &reply.message {
-            Some(m) => m.as_str(),
-            None => reply.raw.as_str(),
+        let text = if reply.has_message {
+            reply.reply.message.as_str()
+        } else {
+            reply.raw.as_str()
         };
         if text.is_empty() {
             return Ok(());
         }
         let newline = if text.ends_with('\n') { "" } else { "\n" };
-        if reply.error {
+        if reply.reply.error {
             write!(io::stderr().lock(), "{text}{newline}")
         } else {
             let mut out = io::stdout().lock();
@@ -204,13 +204,7 @@ fn main() -> ExitCode {
 /// Sends one command and returns the exit status.
 fn one_shot(settings: &Settings, command: &str, args: &[String], pool: Option<&str>) -> u8 {
     let result = Conn::connect(&settings.path).and_then(|mut conn| {
-        let req = Request {
-            command,
-            args,
-            id: 1,
-            pool,
-            user: None,
-        };
+        let req = conn::request(command, args, 1, pool, None);
         conn.request(&req, settings.timeout_for(command), &mut |r| {
             settings.print(r)
         })

@@ -19,7 +19,7 @@ use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
 use rustyline::{CompletionType, Config, Context, Editor, Helper};
 
-use crate::conn::{Conn, CtlError, Outcome, Request, EXIT_FAILURE};
+use crate::conn::{Conn, CtlError, Outcome, EXIT_FAILURE};
 use crate::{words, Settings};
 
 const PROMPT: &str = "einhyrningsins> ";
@@ -30,8 +30,10 @@ const SHELL_COMMANDS: &[&str] = &["pool", "quit", "exit"];
 /// Command names offered by tab completion: the master's own table (minus the
 /// `worker:*` messages workers send), then the shell's.
 fn command_names() -> Vec<&'static str> {
-    einhyrningsins::control::commands::command_names()
-        .filter(|c| !c.starts_with("worker:"))
+    einhyrningsins::protocol::COMMANDS
+        .iter()
+        .filter(|c| c.scope != einhyrningsins::protocol::Scope::Worker)
+        .map(|c| c.name)
         .chain(SHELL_COMMANDS.iter().copied())
         .collect()
 }
@@ -251,13 +253,7 @@ impl Session<'_> {
         }
         let mut conn = Conn::connect(&self.settings.path)?;
         let id = self.take_id();
-        let req = Request {
-            command: "ehlo",
-            args: &[],
-            id,
-            pool: None,
-            user: Some(&self.user),
-        };
+        let req = crate::conn::request("ehlo", &[], id, None, Some(&self.user));
         let interactive = self.interactive;
         let settings = self.settings;
         // The greeting is shown at the prompt only: in script mode stdout is
@@ -284,13 +280,7 @@ impl Session<'_> {
         let Some(conn) = self.conn.as_mut() else {
             return EXIT_FAILURE;
         };
-        let req = Request {
-            command,
-            args,
-            id,
-            pool,
-            user: None,
-        };
+        let req = crate::conn::request(command, args, id, pool, None);
         match conn.request(&req, settings.timeout_for(command), &mut |r| {
             settings.print(r)
         }) {

@@ -147,6 +147,16 @@ pub enum Shutdown {
     With(Signal),
 }
 
+impl Shutdown {
+    /// For the log: `each worker's stop signal`, `SIGTERM to every worker`.
+    pub fn describe(self) -> String {
+        match self {
+            Shutdown::Graceful => "each worker gets its stop signal".into(),
+            Shutdown::With(s) => format!("{} to every worker", s.as_str()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Upgrade {
     id: UpgradeId,
@@ -255,9 +265,6 @@ impl Pool {
 
     // ---- read side -------------------------------------------------------
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
     pub fn count(&self) -> usize {
         self.count
     }
@@ -266,9 +273,6 @@ impl Pool {
     }
     pub fn version(&self) -> u64 {
         self.target.0
-    }
-    pub fn worker(&self, id: WorkerId) -> Option<&Worker> {
-        self.workers.get(&id)
     }
     pub fn worker_by_pid(&self, pid: Pid) -> Option<&Worker> {
         self.by_pid.get(&pid).and_then(|id| self.workers.get(id))
@@ -282,6 +286,7 @@ impl Pool {
     pub fn len(&self) -> usize {
         self.workers.len()
     }
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.workers.is_empty()
     }
@@ -443,7 +448,7 @@ impl Pool {
         Ok(())
     }
 
-    // ---- the notify socket (`ack = "notify"`, see crate::notify_ack) ----------
+    // ---- the notify socket (`ack = "notify"`, see crate::systemd::worker_notify) ----------
 
     /// STATUS= from a worker: kept for `status`/`state`.
     pub fn notify_status(&mut self, pid: Pid, status: String) -> Result<(), PoolError> {

@@ -33,11 +33,12 @@
 
 use std::ffi::{OsStr, OsString};
 use std::net::ToSocketAddrs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use socket2::SockRef;
 
-use crate::bind::{BindAddr, BindSpec, BoundSocket};
+use crate::bind::BoundSocket;
+use crate::config::{BindAddr, BindSpec};
 
 /// First fd of the protocol.
 pub const SD_LISTEN_FDS_START: RawFd = 3;
@@ -136,12 +137,13 @@ impl Inherited {
     }
 
     /// Adopt fds that are already owned (tests, or a caller with its own source).
+    #[cfg(test)]
     pub fn from_fds(fds: Vec<(OwnedFd, Option<String>)>) -> Inherited {
         Inherited {
             slots: fds
                 .into_iter()
                 .map(|(fd, name)| Slot {
-                    number: fd.as_raw_fd(),
+                    number: std::os::fd::AsRawFd::as_raw_fd(&fd),
                     fd: Some(fd),
                     name,
                 })
@@ -351,7 +353,7 @@ mod tests {
     }
 
     #[test]
-    fn bind_name_option() -> Result<(), crate::bind::BindSpecError> {
+    fn bind_name_option() -> Result<(), crate::config::BindSpecError> {
         let b = BindSpec::parse("127.0.0.1:80,r,name=web")?;
         assert_eq!(b.name.as_deref(), Some("web"));
         assert!(BindSpec::parse("127.0.0.1:80,name=a:b").is_err());

@@ -25,12 +25,9 @@
 //! - Workers never see these variables (see [`SYSTEMD_VARS`]): a worker that wrote
 //!   READY=1 to the master's supervisor would make it believe the whole service is up.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
-
-use crate::master::PoolEntry;
 
 /// At most one STATUS= per this interval.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -111,57 +108,14 @@ pub struct Snapshot {
     pub ack_window: Duration,
 }
 
-impl Snapshot {
-    /// Summarise the master's pools.
-    pub(crate) fn of(pools: &BTreeMap<String, PoolEntry>, shutting_down: bool) -> Snapshot {
-        let mut parts = Vec::new();
-        let mut settled = true;
-        let mut acked = 0;
-        let mut window = Duration::from_secs(1);
-        for (name, e) in pools {
-            let p = &e.pool;
-            acked += p.acked();
-            settled &= p.is_settled() || e.removing;
-            let spec = p.spec();
-            let w = match spec.ack {
-                crate::config::AckMode::Timer => spec.ack_timer,
-                _ => spec.ack_timeout,
-            } + spec.respawn_delay;
-            window = window.max(w);
-            let mut s = format!("{name} {}/{} acked", p.acked(), p.count());
-            if p.draining() > 0 {
-                s.push_str(&format!(", {} draining", p.draining()));
-            }
-            if p.upgrading().is_some() {
-                s.push_str(", upgrading");
-            }
-            if p.gave_up() {
-                s.push_str(", gave up respawning");
-            }
-            parts.push(s);
-        }
-        let mut status = if parts.is_empty() {
-            "no pools".to_string()
-        } else {
-            parts.join("; ")
-        };
-        if shutting_down {
-            status = format!("stopping: {status}");
-        }
-        Snapshot {
-            settled,
-            acked,
-            status,
-            shutting_down,
-            ack_window: window,
-        }
-    }
-}
-
-/// The READY/STATUS/WATCHDOG/... decisions, without I/O.
-#[derive(Debug)]
+/// The READY/STATUS/WATCHDOG/... decisions, without I/O: each call queues the
+/// messages it decides on, and the caller sends what [`Supervisor::take`]
+/// returns through the [`Notifier`].
+#[derive(Debug, Default)]
 pub struct Supervisor {
-    notifier: Option<Notifier>,
+    /// A service manager is listening (NOTIFY_SOCKET is set): otherwise every
+    /// call is a no-op and the loop does no work for it.
+    enabled: bool,
     ready_sent: bool,
     /// Inside a reload: RELOADING=1 sent, READY=1 due at its end.
     reloading: bool,
@@ -171,80 +125,54 @@ pub struct Supervisor {
     last_acked: usize,
     watchdog: Option<Duration>,
     next_watchdog: Option<Instant>,
-    /// Messages sent, kept only when built with [`Supervisor::recording`] (tests).
-    record: Option<Vec<String>>,
-    warned: bool,
+    outbox: Vec<String>,
+}
+
+/// From the environment: `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`.
+pub fn from_env() -> (Supervisor, Option<Notifier>) {
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("NOTIFY_SOCKET is set but unusable ({e}); not notifying systemd");
+            None
+        }
+    };
+    let watchdog = watchdog_from(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    );
+    if let Some(n) = &notifier {
+        log::info!(
+            "systemd: notifying {}{}",
+            n.address(),
+            watchdog.map_or(String::new(), |w| format!(", watchdog every {w:?}"))
+        );
+    }
+    (Supervisor::new(notifier.is_some(), watchdog), notifier)
 }
 
 impl Supervisor {
-    /// From the environment: `NOTIFY_SOCKET`, `WATCHDOG_USEC`, `WATCHDOG_PID`.
-    pub fn from_env() -> Supervisor {
-        let notifier = match Notifier::from_env() {
-            Ok(n) => n,
-            Err(e) => {
-                log::warn!("NOTIFY_SOCKET is set but unusable ({e}); not notifying systemd");
-                None
-            }
-        };
-        let watchdog = watchdog_from(
-            std::env::var("WATCHDOG_USEC").ok().as_deref(),
-            std::env::var("WATCHDOG_PID").ok().as_deref(),
-            std::process::id(),
-        );
-        if let Some(n) = &notifier {
-            log::info!(
-                "systemd: notifying {}{}",
-                n.address(),
-                watchdog.map_or(String::new(), |w| format!(", watchdog every {w:?}"))
-            );
-        }
-        Supervisor::new(notifier, watchdog)
-    }
-
-    pub fn new(notifier: Option<Notifier>, watchdog: Option<Duration>) -> Supervisor {
+    pub fn new(enabled: bool, watchdog: Option<Duration>) -> Supervisor {
         Supervisor {
-            notifier,
-            ready_sent: false,
-            reloading: false,
-            stopping_sent: false,
-            last_status: None,
-            next_status_at: None,
-            last_acked: 0,
+            enabled,
             watchdog,
-            next_watchdog: None,
-            record: None,
-            warned: false,
+            ..Supervisor::default()
         }
-    }
-
-    /// A supervisor with no socket that records what it would send (unit tests).
-    pub fn recording(watchdog: Option<Duration>) -> Supervisor {
-        let mut s = Supervisor::new(None, watchdog);
-        s.record = Some(Vec::new());
-        s
     }
 
     pub fn active(&self) -> bool {
-        self.notifier.is_some() || self.record.is_some()
+        self.enabled
     }
 
-    pub fn take_sent(&mut self) -> Vec<String> {
-        self.record.as_mut().map(std::mem::take).unwrap_or_default()
+    /// The messages decided since the last call, in order.
+    pub fn take(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.outbox)
     }
 
     fn send(&mut self, msg: String) {
-        if let Some(r) = &mut self.record {
-            r.push(msg.clone());
-        }
-        if let Some(n) = &self.notifier {
-            match n.send(&msg) {
-                Ok(()) => log::debug!("systemd: sent {}", msg.replace('\n', " ")),
-                Err(e) if !self.warned => {
-                    self.warned = true;
-                    log::warn!("systemd: could not notify {}: {e}", n.address());
-                }
-                Err(e) => log::debug!("systemd: could not notify {}: {e}", n.address()),
-            }
+        if self.enabled {
+            self.outbox.push(msg);
         }
     }
 
@@ -331,6 +259,7 @@ impl Supervisor {
         }
     }
 
+    #[cfg(test)]
     pub fn is_ready_sent(&self) -> bool {
         self.ready_sent
     }
@@ -378,15 +307,15 @@ mod tests {
     #[test]
     fn ready_once_when_settled_with_extends_while_progressing() {
         let t0 = Instant::now();
-        let mut s = Supervisor::recording(None);
+        let mut s = Supervisor::new(true, None);
         s.turn(t0, &snap(false, 0, "web 0/3 acked"));
-        assert_eq!(s.take_sent(), vec!["STATUS=web 0/3 acked"]);
+        assert_eq!(s.take(), vec!["STATUS=web 0/3 acked"]);
         s.turn(
             t0 + Duration::from_secs(2),
             &snap(false, 1, "web 1/3 acked"),
         );
         assert_eq!(
-            s.take_sent(),
+            s.take(),
             vec!["EXTEND_TIMEOUT_USEC=4000000", "STATUS=web 1/3 acked"]
         );
         // No progress: no extension.
@@ -394,81 +323,82 @@ mod tests {
             t0 + Duration::from_secs(3),
             &snap(false, 1, "web 1/3 acked"),
         );
-        assert!(s.take_sent().is_empty());
+        assert!(s.take().is_empty());
         s.turn(t0 + Duration::from_secs(4), &snap(true, 3, "web 3/3 acked"));
-        assert_eq!(s.take_sent(), vec!["READY=1\nSTATUS=web 3/3 acked"]);
+        assert_eq!(s.take(), vec!["READY=1\nSTATUS=web 3/3 acked"]);
         s.turn(t0 + Duration::from_secs(9), &snap(true, 3, "web 3/3 acked"));
-        assert!(s.take_sent().is_empty());
+        assert!(s.take().is_empty());
         assert!(s.is_ready_sent());
     }
 
     #[test]
     fn status_is_rate_limited_and_the_wakeup_says_when() {
         let t0 = Instant::now();
-        let mut s = Supervisor::recording(None);
+        let mut s = Supervisor::new(true, None);
         s.turn(t0, &snap(true, 1, "a"));
-        s.take_sent();
+        s.take();
         let wake = s.turn(t0 + Duration::from_millis(100), &snap(true, 1, "b"));
-        assert!(s.take_sent().is_empty());
+        assert!(s.take().is_empty());
         assert_eq!(wake, Some(t0 + STATUS_INTERVAL));
         // Changed again before the limit: still one message, the latest text.
         s.turn(t0 + Duration::from_millis(500), &snap(true, 1, "c"));
-        assert!(s.take_sent().is_empty());
+        assert!(s.take().is_empty());
         let wake = s.turn(t0 + STATUS_INTERVAL, &snap(true, 1, "c"));
-        assert_eq!(s.take_sent(), vec!["STATUS=c"]);
+        assert_eq!(s.take(), vec!["STATUS=c"]);
         assert_eq!(wake, None);
     }
 
     #[test]
     fn watchdog_at_half_the_interval() {
         let t0 = Instant::now();
-        let mut s = Supervisor::recording(Some(Duration::from_secs(10)));
+        let mut s = Supervisor::new(true, Some(Duration::from_secs(10)));
         let wake = s.turn(t0, &snap(true, 0, "x"));
-        assert!(s.take_sent().contains(&"WATCHDOG=1".to_string()));
+        assert!(s.take().contains(&"WATCHDOG=1".to_string()));
         assert_eq!(wake, Some(t0 + Duration::from_secs(5)));
         assert_eq!(
             s.turn(t0 + Duration::from_secs(4), &snap(true, 0, "x")),
             wake
         );
-        assert!(s.take_sent().is_empty());
+        assert!(s.take().is_empty());
         s.turn(t0 + Duration::from_secs(5), &snap(true, 0, "x"));
-        assert_eq!(s.take_sent(), vec!["WATCHDOG=1"]);
+        assert_eq!(s.take(), vec!["WATCHDOG=1"]);
     }
 
     #[test]
     fn reload_and_stop_messages() {
         let t0 = Instant::now();
-        let mut s = Supervisor::recording(None);
+        let mut s = Supervisor::new(true, None);
         s.turn(t0, &snap(true, 1, "a"));
-        s.take_sent();
+        s.take();
         let opened = s.begin_reload();
         assert!(opened);
         assert!(!s.begin_reload(), "nested reloads do not open another");
-        let sent = s.take_sent();
+        let sent = s.take();
         assert_eq!(sent.len(), 1);
         assert!(
             sent[0].starts_with("RELOADING=1\nMONOTONIC_USEC="),
             "{sent:?}"
         );
         s.end_reload(false);
-        assert!(s.take_sent().is_empty());
+        assert!(s.take().is_empty());
         s.end_reload(opened);
-        assert_eq!(s.take_sent(), vec!["READY=1"]);
+        assert_eq!(s.take(), vec!["READY=1"]);
         s.stopping();
         s.stopping();
-        assert_eq!(s.take_sent(), vec!["STOPPING=1"]);
+        assert_eq!(s.take(), vec!["STOPPING=1"]);
         assert!(!s.begin_reload(), "no reload once stopping");
     }
 
     #[test]
     fn no_ready_while_shutting_down_and_inactive_does_nothing() {
         let t0 = Instant::now();
-        let mut s = Supervisor::recording(None);
+        let mut s = Supervisor::new(true, None);
         let mut sn = snap(true, 1, "a");
         sn.shutting_down = true;
         s.turn(t0, &sn);
-        assert_eq!(s.take_sent(), vec!["STATUS=a"]);
-        let mut off = Supervisor::new(None, Some(Duration::from_secs(1)));
+        assert_eq!(s.take(), vec!["STATUS=a"]);
+        let mut off = Supervisor::new(false, Some(Duration::from_secs(1)));
+        assert!(off.take().is_empty());
         assert_eq!(off.turn(t0, &snap(true, 1, "a")), None);
     }
 
@@ -496,14 +426,12 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = listener.recv(&mut buf)?;
         assert_eq!(&buf[..n], b"READY=1");
-        let dir = std::env::temp_dir().join(format!("ehy-sdn-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let dir = crate::testutil::TempDir::new("sdn");
         let path = dir.join("notify");
         let listener = UnixDatagram::bind(&path)?;
         Notifier::to(&path.to_string_lossy())?.send("STOPPING=1")?;
         let n = listener.recv(&mut buf)?;
         assert_eq!(&buf[..n], b"STOPPING=1");
-        std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
 }

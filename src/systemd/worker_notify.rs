@@ -20,19 +20,11 @@
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use mio::{Interest, Registry, Token};
 use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags};
 
-use crate::config::AckMode;
-use crate::control::server::CONN_BASE;
-use crate::master::Master;
 use crate::pool::Pid;
-
-/// The notify socket's token: below the control connections' range, far from the
-/// small constants the master uses.
-pub const TOKEN: Token = Token(CONN_BASE - 16);
 
 /// Datagrams read per loop turn.
 pub const PER_TURN: usize = 256;
@@ -67,6 +59,8 @@ pub fn parse(datagram: &[u8]) -> Vec<Msg> {
 #[derive(Debug)]
 pub struct WorkerNotify {
     sock: mio::net::UnixDatagram,
+    /// The mio token it is registered with (set by `register`).
+    token: Token,
     address: String,
     path: Option<PathBuf>,
 }
@@ -90,7 +84,7 @@ impl WorkerNotify {
             (s, path.to_string_lossy().into_owned(), Some(path))
         } else {
             let name = format!("einhyrningsins-{}-notify", std::process::id());
-            let addr = crate::sdnotify::socket_addr(&format!("@{name}"))?;
+            let addr = crate::systemd::service::socket_addr(&format!("@{name}"))?;
             let s = std::os::unix::net::UnixDatagram::bind_addr(&addr)?;
             (s, format!("@{name}"), None)
         };
@@ -99,6 +93,7 @@ impl WorkerNotify {
         log::info!("worker notify socket: {address}");
         Ok(WorkerNotify {
             sock: mio::net::UnixDatagram::from_std(std_sock),
+            token: Token(usize::MAX),
             address,
             path: owned,
         })
@@ -109,8 +104,9 @@ impl WorkerNotify {
         &self.address
     }
 
-    pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
-        registry.register(&mut self.sock, TOKEN, Interest::READABLE)
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        self.token = token;
+        registry.register(&mut self.sock, token, Interest::READABLE)
     }
 
     /// Every pending datagram, with the sender's pid (datagrams without
@@ -161,7 +157,8 @@ impl WorkerNotify {
                 None => log::debug!("worker notify socket: datagram without credentials"),
             }
             if out.len() == limit {
-                if let Err(e) = registry.reregister(&mut self.sock, TOKEN, Interest::READABLE) {
+                if let Err(e) = registry.reregister(&mut self.sock, self.token, Interest::READABLE)
+                {
                     log::warn!(
                         "worker notify socket {}: cannot re-register: {e}",
                         self.address
@@ -181,61 +178,11 @@ impl Drop for WorkerNotify {
     }
 }
 
-impl Master {
-    /// The notify socket's address, binding it on first use.
-    pub(crate) fn worker_notify_address(&mut self) -> Option<String> {
-        if self.notify_ack.is_none() {
-            match WorkerNotify::bind(self.control.path()) {
-                Ok(mut n) => match n.register(self.registry()) {
-                    Ok(()) => self.notify_ack = Some(n),
-                    Err(e) => log::error!("worker notify socket: cannot register: {e}"),
-                },
-                Err(e) => log::error!("worker notify socket: cannot bind: {e}"),
-            }
-        }
-        self.notify_ack.as_ref().map(|n| n.address().to_string())
-    }
-
-    /// Datagrams from workers: acks, status, watchdog pings, stopping.
-    pub(crate) fn on_worker_notify(&mut self) {
-        for (pid, msgs) in self.worker_notify_batch() {
-            let Some(name) = self.pool_of_pid(pid) else {
-                log::debug!("worker notify socket: ignoring pid {pid}, not a worker");
-                continue;
-            };
-            let Some(e) = self.pools.get_mut(&name) else {
-                continue;
-            };
-            // The worker's own spec: during a roll from notify to another ack
-            // mode, old workers still ping their watchdog here.
-            let ack = e.pool.worker_by_pid(pid).map(|w| w.spec.ack);
-            if ack != Some(AckMode::Notify) {
-                log::debug!("worker notify socket: pool {name} does not use ack = \"notify\"; ignoring pid {pid}");
-                continue;
-            }
-            for m in msgs {
-                let now = Instant::now();
-                let Some(e) = self.pools.get_mut(&name) else {
-                    break;
-                };
-                let actions = match m {
-                    Msg::Ready => e.pool.ack(pid, now),
-                    Msg::Stopping => e.pool.worker_stopping(pid, now),
-                    Msg::Watchdog => e.pool.watchdog_ping(pid, now).map(|()| Vec::new()),
-                    Msg::Status(s) => e.pool.notify_status(pid, s).map(|()| Vec::new()),
-                };
-                match actions {
-                    Ok(a) => self.execute(&name, a),
-                    Err(err) => log::debug!("worker notify socket: {err}"),
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const TOKEN: Token = Token(3);
 
     #[test]
     fn parses_known_keys_only() {
@@ -253,13 +200,12 @@ mod tests {
 
     #[test]
     fn credentials_carry_the_senders_pid() -> io::Result<()> {
-        let dir = std::env::temp_dir().join(format!("ehy-nack-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let dir = crate::testutil::TempDir::new("nack");
         let mut n = WorkerNotify::bind(&dir.join("ctl.sock"))?;
         assert!(n.address().ends_with("ctl.sock.notify"));
         let poll = mio::Poll::new()?;
-        n.register(poll.registry())?;
-        crate::sdnotify::Notifier::to(n.address())?.send("READY=1\nSTATUS=hi")?;
+        n.register(poll.registry(), TOKEN)?;
+        crate::systemd::service::Notifier::to(n.address())?.send("READY=1\nSTATUS=hi")?;
         let got = n.recv_all(poll.registry(), PER_TURN);
         assert_eq!(
             got,
@@ -270,18 +216,16 @@ mod tests {
         );
         drop(n);
         assert!(!dir.join("ctl.sock.notify").exists());
-        std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
 
     #[test]
     fn a_flood_is_read_in_bounded_batches_and_reported_again() -> io::Result<()> {
-        let dir = std::env::temp_dir().join(format!("ehy-nflood-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
+        let dir = crate::testutil::TempDir::new("nflood");
         let mut n = WorkerNotify::bind(&dir.join("ctl.sock"))?;
         let mut poll = mio::Poll::new()?;
-        n.register(poll.registry())?;
-        let tx = crate::sdnotify::Notifier::to(n.address())?;
+        n.register(poll.registry(), TOKEN)?;
+        let tx = crate::systemd::service::Notifier::to(n.address())?;
         // (The kernel queues few datagrams: net.unix.max_dgram_qlen is often 10.)
         for _ in 0..6 {
             tx.send("WATCHDOG=1")?;
@@ -297,8 +241,6 @@ mod tests {
             "rest not reported"
         );
         assert_eq!(n.recv_all(poll.registry(), 4).len(), 2);
-        drop(n);
-        std::fs::remove_dir_all(&dir)?;
         Ok(())
     }
 }

@@ -38,7 +38,7 @@ pub struct SpawnContext<'a> {
     pub index: u32,
     /// `-g`: the child end of a socketpair connected to the control server.
     pub control_fd: Option<RawFd>,
-    /// `ack = "notify"`: the master's worker NOTIFY_SOCKET (`crate::notify_ack`).
+    /// `ack = "notify"`: the master's worker NOTIFY_SOCKET (`crate::systemd::worker_notify`).
     pub notify_socket: Option<&'a str>,
 }
 
@@ -84,14 +84,15 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
     // and the worker starts through the LISTEN_PID trampoline (src/activation.rs).
     let systemd = spec.socket_protocol.systemd;
     let (plan, socket_fds, control_fd) = if systemd {
-        let (plan, s, c) = crate::activation::FdPlan::new(ctx.sockets, ctx.control_fd);
+        let (plan, s, c) = crate::systemd::activation::FdPlan::new(ctx.sockets, ctx.control_fd);
         (Some(plan), s, c)
     } else {
         (None, ctx.sockets.to_vec(), ctx.control_fd)
     };
     let mut cmd = if systemd {
         let mut c = Command::new("/proc/self/exe");
-        c.arg(crate::activation::TRAMPOLINE_ARG).arg(program);
+        c.arg(crate::systemd::activation::TRAMPOLINE_ARG)
+            .arg(program);
         c
     } else {
         Command::new(program)
@@ -104,7 +105,7 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
         }
     }
     // The service manager talks to the master, not to workers (src/sdnotify.rs).
-    for var in crate::sdnotify::SYSTEMD_VARS {
+    for var in crate::systemd::service::SYSTEMD_VARS {
         cmd.env_remove(var);
     }
     for var in &spec.drop_env {
@@ -122,7 +123,7 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
         cmd.env("LISTEN_FDS", fds.len().to_string());
         cmd.env(
             "LISTEN_FDNAMES",
-            crate::activation::fd_names(&spec.name, &spec.binds),
+            crate::systemd::activation::fd_names(&spec.name, &spec.binds),
         );
     }
     if let Some(path) = ctx
@@ -313,10 +314,8 @@ mod tests {
         sockets: &[RawFd],
         probe: &[RawFd],
     ) -> Result<String, String> {
-        let out = std::env::temp_dir().join(format!(
-            "einh-worker-fds-{}-{kill_children_on_exit}",
-            std::process::id()
-        ));
+        let dir = crate::testutil::TempDir::new("wfds");
+        let out = dir.join("fds");
         let list: Vec<String> = probe.iter().map(|fd| fd.to_string()).collect();
         let script = format!(
             "for fd in {}; do if [ -e /proc/$$/fd/$fd ]; then echo $fd; fi; done > {}",
@@ -339,7 +338,6 @@ mod tests {
             other => return Err(format!("child ended with {other:?}")),
         }
         let listing = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_file(&out);
         Ok(listing)
     }
 

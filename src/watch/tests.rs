@@ -11,37 +11,15 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use einhyrningsins::watch::{resolve_executable, Debouncer, FileWatcher, WatchProblem};
+use super::{resolve_executable, Debouncer, FileWatcher, WatchProblem};
+use crate::testutil::TempDir;
 use mio::{Events, Poll, Token, Waker};
 
 const WAKE: Token = Token(42);
 const PATIENCE: Duration = Duration::from_secs(5);
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("einw-{tag}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn join(&self, s: &str) -> PathBuf {
-        self.0.join(s)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn write(p: &Path, content: &str) {
     if let Some(d) = p.parent() {
@@ -518,15 +496,9 @@ fn shared_directory_is_watched_once_and_released() {
     write(&b, "b");
     let mut rig = Rig::new();
     rig.set(&[(&a, "x"), (&b, "y")]);
-    assert_eq!(
-        rig.fw.watched_dirs().collect::<Vec<_>>(),
-        vec![d.0.as_path()]
-    );
+    assert_eq!(rig.fw.watched_dirs().collect::<Vec<_>>(), vec![d.path()]);
     rig.set(&[(&b, "y")]);
-    assert_eq!(
-        rig.fw.watched_dirs().collect::<Vec<_>>(),
-        vec![d.0.as_path()]
-    );
+    assert_eq!(rig.fw.watched_dirs().collect::<Vec<_>>(), vec![d.path()]);
     set_mtime(&b, 1_000_000);
     rig.wait_for(&b);
     rig.set(&[]);
@@ -606,7 +578,7 @@ fn resolve_executable_searches_path_like_execvp() {
         Some(a.join("tool"))
     );
     assert_eq!(
-        resolve_executable("tool", Some(&d.0), Some(OsStr::new("b"))),
+        resolve_executable("tool", Some(d.path()), Some(OsStr::new("b"))),
         Some(d.join("b").join("tool"))
     );
 }
@@ -615,11 +587,11 @@ fn resolve_executable_searches_path_like_execvp() {
 fn resolve_executable_with_a_slash_is_a_path() {
     let d = TempDir::new("slash");
     assert_eq!(
-        resolve_executable("./bin/app", Some(&d.0), None),
-        Some(d.0.join("./bin/app"))
+        resolve_executable("./bin/app", Some(d.path()), None),
+        Some(d.join("./bin/app"))
     );
     assert_eq!(
-        resolve_executable("/usr/bin/env", Some(&d.0), None),
+        resolve_executable("/usr/bin/env", Some(d.path()), None),
         Some(PathBuf::from("/usr/bin/env"))
     );
     // With no PATH at all, execvp's default (/bin:/usr/bin) applies.

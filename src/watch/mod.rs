@@ -472,11 +472,13 @@ impl<O: Clone + Ord> FileWatcher<O> {
         problems
     }
 
+    #[cfg(test)]
     /// Owners of a wanted file, as given to [`set`](Self::set).
     pub fn owners(&self, path: &Path) -> Option<&[O]> {
         self.files.get(path).map(|w| w.owners.as_slice())
     }
 
+    #[cfg(test)]
     /// Directories currently watched (for logs and tests).
     pub fn watched_dirs(&self) -> impl Iterator<Item = &Path> {
         self.watched.iter().map(PathBuf::as_path)
@@ -799,7 +801,11 @@ impl<K: Ord + Clone> Debouncer<K> {
         self.deadlines.contains_key(key)
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.deadlines.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;

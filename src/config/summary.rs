@@ -1,0 +1,89 @@
+//! What `einhyrningsins check` prints about a valid configuration.
+
+use super::*;
+
+impl Config {
+    /// Human summary for `einhyrningsins check`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "control socket: {} (mode {:04o}{})",
+            self.control.socket.display(),
+            self.control.mode,
+            if self.control.allow_uids.is_empty() {
+                String::new()
+            } else {
+                format!(", also uids {:?}", self.control.allow_uids)
+            }
+        );
+        let _ = writeln!(
+            s,
+            "log: {}{}; watch: {}",
+            self.log.level.as_str().to_ascii_lowercase(),
+            if self.log.syslog { " + syslog" } else { "" },
+            if self.watch.enabled {
+                format!("on (debounce {})", fmt_duration(self.watch.debounce))
+            } else {
+                "off".to_string()
+            }
+        );
+        if self.pools.is_empty() {
+            let _ = writeln!(s, "no pools");
+        }
+        for (name, p) in &self.pools {
+            let _ = writeln!(s, "\npool {name}:");
+            let argv: Vec<String> = p
+                .command
+                .iter()
+                .map(|a| {
+                    if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c == '"') {
+                        format!("{a:?}")
+                    } else {
+                        a.clone()
+                    }
+                })
+                .collect();
+            let _ = writeln!(s, "  command:  {}", argv.join(" "));
+            let _ = writeln!(s, "  count:    {}", p.count);
+            if p.binds.is_empty() {
+                let _ = writeln!(s, "  binds:    none");
+            } else {
+                let b: Vec<&str> = p.binds.iter().map(|b| b.raw.as_str()).collect();
+                let _ = writeln!(s, "  binds:    {}", b.join("  "));
+            }
+            let ack = match p.ack {
+                AckMode::Timer => format!("timer ({})", fmt_duration(p.ack_timer)),
+                AckMode::Manual => format!("manual (within {})", fmt_duration(p.ack_timeout)),
+                AckMode::Notify => format!(
+                    "notify (READY=1 within {}{})",
+                    fmt_duration(p.ack_timeout),
+                    p.watchdog
+                        .map_or(String::new(), |w| format!(", watchdog {}", fmt_duration(w)))
+                ),
+            };
+            let _ = writeln!(s, "  ack:      {ack}");
+            let surge = match p.max_surge {
+                Some(n) => n.to_string(),
+                None => "count".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "  upgrade:  {} (max_unacked {}, max_surge {surge})",
+                match p.upgrade {
+                    UpgradeStrategy::Smooth => "smooth",
+                    UpgradeStrategy::Fleet => "fleet",
+                },
+                p.max_unacked
+            );
+            let _ = writeln!(
+                s,
+                "  stop:     {} then SIGKILL after {}",
+                signal_name(p.stop_signal),
+                fmt_duration(p.stop_timeout)
+            );
+        }
+        s
+    }
+}

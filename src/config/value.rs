@@ -1,0 +1,134 @@
+//! Value parsers shared by the TOML file and the command line.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::{AckMode, SocketProtocol, UpgradeStrategy};
+
+// ---------------------------------------------------------------------------
+// Value parsers shared with the command line
+
+/// Parse a duration: `"500ms"`, `"2s"`, `"1m"`, `"1h"`, `"1.5s"`, `"1m30s"`, or a
+/// bare number of seconds (`"2"`, `"0.5"`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        return secs_to_duration(secs);
+    }
+    humantime::parse_duration(t).map_err(|e| {
+        format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"2s\", \"1m\" or a number of seconds")
+    })
+}
+
+pub(super) fn secs_to_duration(secs: f64) -> Result<Duration, String> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!(
+            "{secs} is not a duration: expected a non-negative number of seconds"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{secs} seconds: {e}"))
+}
+
+/// Parse a signal: `"USR2"`, `"SIGUSR2"`, `"usr2"` or a number (`"12"`); kill(1)'s
+/// spelling with a leading dash (`"-USR1"`, `"-9"`) is accepted too, since that is
+/// what an operator types after `signal`.
+pub fn parse_signal(s: &str) -> Result<Signal, String> {
+    let t = s.trim();
+    let t = t.strip_prefix('-').unwrap_or(t);
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("{n} is not a signal number"));
+    }
+    let up = t.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    Signal::from_str(&name)
+        .map_err(|_| format!("unknown signal {s:?} (write e.g. \"USR2\", \"SIGTERM\" or a number)"))
+}
+
+/// Parse an ack mode: `"timer"` or `"manual"`.
+pub fn parse_ack_mode(s: &str) -> Result<AckMode, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "timer" => Ok(AckMode::Timer),
+        "manual" => Ok(AckMode::Manual),
+        "notify" => Ok(AckMode::Notify),
+        _ => Err(format!(
+            "unknown ack mode {s:?} (expected \"timer\", \"manual\" or \"notify\")"
+        )),
+    }
+}
+
+/// Parse `socket_protocol`: a non-empty list of `"einhorn"` and `"systemd"`.
+pub fn parse_socket_protocol(list: &[String]) -> Result<SocketProtocol, String> {
+    let mut sp = SocketProtocol {
+        einhorn: false,
+        systemd: false,
+    };
+    for s in list {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "einhorn" => sp.einhorn = true,
+            "systemd" => sp.systemd = true,
+            _ => {
+                return Err(format!(
+                    "unknown socket protocol {s:?} (expected \"einhorn\" and/or \"systemd\")"
+                ))
+            }
+        }
+    }
+    if !sp.einhorn && !sp.systemd {
+        return Err("must name at least one of \"einhorn\" and \"systemd\"".into());
+    }
+    Ok(sp)
+}
+
+/// Parse an upgrade strategy: `"smooth"` or `"fleet"`.
+pub fn parse_upgrade(s: &str) -> Result<UpgradeStrategy, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "smooth" => Ok(UpgradeStrategy::Smooth),
+        "fleet" => Ok(UpgradeStrategy::Fleet),
+        _ => Err(format!(
+            "unknown upgrade strategy {s:?} (expected \"smooth\" or \"fleet\")"
+        )),
+    }
+}
+
+/// Parse a log level: error|warn|info|debug|trace|off.
+pub fn parse_level(s: &str) -> Result<log::LevelFilter, String> {
+    log::LevelFilter::from_str(s.trim()).map_err(|_| {
+        format!("unknown log level {s:?} (expected error, warn, info, debug, trace or off)")
+    })
+}
+
+/// Parse a file mode written as octal text (`"0600"`, `"600"`, `"0o600"`).
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!(
+            "{s:?} is not an octal file mode (write e.g. \"0600\")"
+        )),
+    }
+}
+
+/// Whether `name` is a valid pool name: `[A-Za-z0-9_.-]+`.
+pub fn valid_pool_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// The einhorn name of a signal without `SIG` (`USR2`), for summaries.
+pub(super) fn signal_name(s: Signal) -> &'static str {
+    let n = s.as_str();
+    n.strip_prefix("SIG").unwrap_or(n)
+}
+
+pub(super) fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

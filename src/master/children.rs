@@ -1,0 +1,225 @@
+//! Children: reaping, carrying out the pools' actions, and the spawn queue.
+//!
+//! All spawning goes through here, and `waitpid(-1)` is looped until nothing is
+//! left on every SIGCHLD (signals coalesce). A pid is never signalled after it
+//! has been reaped: a pool forgets a worker the moment its exit is seen, and
+//! the pid-to-pool map with it.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Instant;
+
+use nix::sys::signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid as NixPid;
+
+use super::{Master, PendingSpawn};
+use crate::bind::BoundSocket;
+use crate::config::{AckMode, PoolConfig};
+use crate::pool::{Action, Pid};
+use crate::spawn::{self, SpawnContext};
+
+impl Master {
+    pub(super) fn reap(&mut self) {
+        loop {
+            match waitpid(NixPid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(status) => {
+                    let Some(pid) = status.pid() else { continue };
+                    let pid = pid.as_raw();
+                    let how = describe(&status);
+                    let Some(name) = self.pid_pool.remove(&pid) else {
+                        log::debug!("reaped pid {pid} ({how}), not a worker");
+                        continue;
+                    };
+                    let now = Instant::now();
+                    if let Some(e) = self.pools.get_mut(&name) {
+                        if let Some(actions) = e.pool.exited(pid, &how, now) {
+                            self.execute(&name, actions);
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::ECHILD) => break,
+                Err(e) => {
+                    log::warn!("waitpid failed: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    // ---- carrying out pool actions -------------------------------------------
+
+    pub(super) fn execute(&mut self, name: &str, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Spawn {
+                    worker,
+                    index,
+                    spec,
+                    ..
+                } => self.spawn_queue.push_back(PendingSpawn {
+                    pool: name.to_string(),
+                    worker,
+                    index,
+                    spec,
+                }),
+                Action::Signal { pid, signal } => {
+                    // The pid is not reaped yet (the pool forgets workers when
+                    // reaped), so it cannot have been reused.
+                    if let Err(e) = signal::kill(NixPid::from_raw(pid), signal) {
+                        log::debug!("pool {name}: kill({pid}, {signal}) failed: {e}");
+                    }
+                }
+                Action::Progress {
+                    upgrade,
+                    message,
+                    outcome,
+                } => {
+                    let finished = outcome.as_ref().map(Result::is_ok);
+                    self.progress(name, upgrade, message, outcome);
+                    if let Some(ok) = finished {
+                        self.settle_sockets(name, ok);
+                    }
+                }
+                Action::Stopped => {
+                    let removing = self.pools.get(name).is_some_and(|e| e.removing);
+                    if self.is_shutting_down() || removing {
+                        if removing {
+                            log::info!("pool {name}: removed; its sockets are closed");
+                        }
+                        self.pools.remove(name);
+                        self.dirty.remove(name);
+                        return;
+                    }
+                }
+            }
+        }
+        self.dirty.insert(name.to_string());
+    }
+
+    /// An upgrade of `name` ended. If it was a roll that changed the binds, the
+    /// previous sockets were kept aside: dropped on success (addresses no longer
+    /// configured close now), put back on failure, since the pool fell back to
+    /// the version that expects them (its EINHORN_FD_n).
+    fn settle_sockets(&mut self, name: &str, ok: bool) {
+        let Some(e) = self.pools.get_mut(name) else {
+            return;
+        };
+        if e.pool.upgrading().is_some() {
+            return; // superseded: the roll goes on
+        }
+        let Some(fallback) = e.fallback.take() else {
+            return;
+        };
+        if ok {
+            return;
+        }
+        let mut current = std::mem::take(&mut e.sockets);
+        // For an address in both sets keep the original (it owns a unix socket's
+        // path) and drop the duplicate.
+        e.sockets = fallback
+            .into_iter()
+            .map(
+                |old| match current.iter().position(|s| s.key() == old.key()) {
+                    Some(pos) => current.remove(pos),
+                    None => old,
+                },
+            )
+            .collect();
+        let binds: Vec<&str> = e.sockets.iter().map(BoundSocket::local_addr).collect();
+        log::warn!(
+            "pool {name}: the roll failed; back to the previous binds [{}]",
+            binds.join(", ")
+        );
+    }
+
+    /// Fork up to `budget` queued workers.
+    pub(super) fn run_spawns(&mut self, budget: usize) {
+        for _ in 0..budget {
+            let Some(PendingSpawn {
+                pool: name,
+                worker,
+                index,
+                spec,
+            }) = self.spawn_queue.pop_front()
+            else {
+                return;
+            };
+            let wanted = self
+                .pools
+                .get_mut(&name)
+                .is_some_and(|e| e.pool.wants_spawn(worker));
+            if !wanted {
+                if let Some(e) = self.pools.get_mut(&name) {
+                    let actions = e.pool.spawn_dropped(Instant::now());
+                    self.execute(&name, actions);
+                }
+                continue;
+            }
+            let result = self.spawn(&name, index, &spec);
+            if let Ok(pid) = result {
+                self.pid_pool.insert(pid, name.clone());
+            }
+            if let Some(e) = self.pools.get_mut(&name) {
+                let actions = e.pool.spawned(worker, result, Instant::now());
+                self.execute(&name, actions);
+            }
+        }
+    }
+
+    fn spawn(&mut self, name: &str, index: u32, spec: &PoolConfig) -> Result<Pid, String> {
+        let fds: Vec<RawFd> = self
+            .pools
+            .get(name)
+            .map(|e| e.sockets.iter().map(AsRawFd::as_raw_fd).collect())
+            .unwrap_or_default();
+        // -g: a socketpair whose master end is a control connection.
+        let mut pair = None;
+        if spec.command_socket_as_fd {
+            match std::os::unix::net::UnixStream::pair() {
+                Ok((ours, theirs)) => pair = Some((ours, theirs)),
+                Err(e) => return Err(format!("could not create the -g socketpair: {e}")),
+            }
+        }
+        let notify = if spec.ack == AckMode::Notify {
+            self.worker_notify_address()
+        } else {
+            None
+        };
+        let ctx = SpawnContext {
+            sockets: &fds,
+            control_path: self.control.path(),
+            master_pid: self.pid,
+            index,
+            control_fd: pair.as_ref().map(|(_, t)| t.as_raw_fd()),
+            notify_socket: notify.as_deref(),
+        };
+        let pid = spawn::spawn(spec, &ctx).map_err(|e| e.to_string())?;
+        if let Some((ours, _theirs)) = pair {
+            if ours.set_nonblocking(true).is_ok() {
+                let stream = mio::net::UnixStream::from_std(ours);
+                match self.control.adopt(self.poll.registry(), stream) {
+                    Ok(id) => self.control.set_persistent(id),
+                    Err(e) => log::warn!("pool {name}: could not register the -g connection: {e}"),
+                }
+            }
+        }
+        Ok(pid)
+    }
+}
+
+/// `exited with status 1`, `killed by SIGKILL`, ...
+fn describe(status: &WaitStatus) -> String {
+    match status {
+        WaitStatus::Exited(_, code) => format!("exit status {code}"),
+        WaitStatus::Signaled(_, sig, core) => {
+            format!(
+                "killed by {}{}",
+                sig.as_str(),
+                if *core { " (core dumped)" } else { "" }
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}

@@ -1,0 +1,66 @@
+//! The loop's mio tokens, typed: what became readable is matched as a
+//! [`Source`], never as a bare number.
+
+use mio::Token;
+
+use crate::control::server::{ConnId, CONN_BASE};
+
+/// Everything registered on the master's poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The signal pipe (signal-hook-mio).
+    Signals,
+    /// The control socket's listener.
+    Control,
+    /// The file watcher's thread woke the loop (mio Waker).
+    Watch,
+    /// The workers' NOTIFY_SOCKET (`ack = "notify"`).
+    WorkerNotify,
+    /// A control connection (ids are handed out by the control server, from
+    /// [`CONN_BASE`] up).
+    Conn(ConnId),
+}
+
+impl Source {
+    pub fn token(self) -> Token {
+        Token(match self {
+            Source::Signals => 0,
+            Source::Control => 1,
+            Source::Watch => 2,
+            Source::WorkerNotify => 3,
+            Source::Conn(id) => id,
+        })
+    }
+
+    pub fn of(token: Token) -> Option<Source> {
+        match token.0 {
+            0 => Some(Source::Signals),
+            1 => Some(Source::Control),
+            2 => Some(Source::Watch),
+            3 => Some(Source::WorkerNotify),
+            t if t >= CONN_BASE => Some(Source::Conn(t)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_round_trips_and_strays_are_refused() {
+        for s in [
+            Source::Signals,
+            Source::Control,
+            Source::Watch,
+            Source::WorkerNotify,
+            Source::Conn(CONN_BASE),
+            Source::Conn(CONN_BASE + 12345),
+        ] {
+            assert_eq!(Source::of(s.token()), Some(s));
+        }
+        assert_eq!(Source::of(Token(4)), None);
+        assert_eq!(Source::of(Token(CONN_BASE - 1)), None);
+    }
+}

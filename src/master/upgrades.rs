@@ -1,0 +1,117 @@
+//! Starting upgrades and streaming their progress to the clients that asked.
+//! Who waits for what, and when the final reply is due, is decided by the pure
+//! [`Waiters`](super::waiters::Waiters); this file only starts the pools'
+//! upgrades and writes the notices it returns.
+
+use std::time::Instant;
+
+use super::waiters::Notice;
+use super::{Master, ReplyTo, RuntimeError};
+use crate::config::UpgradeStrategy;
+use crate::control::protocol::{self, Encoding, Reply};
+use crate::control::server::ConnId;
+use crate::pool::UpgradeId;
+
+impl Master {
+    /// Smooth/fleet upgrade of one pool or all; progress goes to `waiter` if any.
+    /// Returns the pools upgraded.
+    pub(super) fn start_upgrade(
+        &mut self,
+        pool: Option<&str>,
+        strategy: Option<UpgradeStrategy>,
+        waiter: Option<(ConnId, Option<serde_json::Value>, Encoding)>,
+    ) -> Result<Vec<String>, RuntimeError> {
+        if self.is_shutting_down() {
+            return Err(RuntimeError::ShuttingDown);
+        }
+        let names = self.addressed(pool, false)?;
+        let wid = waiter.map(|(conn, request_id, encoding)| {
+            self.waiters.open(ReplyTo {
+                conn,
+                request_id,
+                encoding,
+            })
+        });
+        let now = Instant::now();
+        // Every upgrade is registered with the waiter before any is carried out: a
+        // pool that finishes at once (count 0) must not end the wait for the others.
+        let mut started = Vec::new();
+        let mut refused = Vec::new();
+        for name in &names {
+            let Some(e) = self.pools.get_mut(name) else {
+                continue;
+            };
+            match e.pool.upgrade(strategy, None, now) {
+                Ok((id, actions)) => {
+                    if let Some(w) = wid {
+                        self.waiters.expect(w, name, id);
+                    }
+                    started.push((name, actions));
+                }
+                Err(e) => {
+                    log::warn!("{e}");
+                    refused.push(e.to_string());
+                }
+            }
+        }
+        if started.is_empty() && !refused.is_empty() {
+            if let Some(w) = wid {
+                self.waiters.cancel(w);
+            }
+            return Err(RuntimeError::UpgradeRefused(refused));
+        }
+        if let Some(w) = wid {
+            for why in refused {
+                self.waiters.refused(w, why);
+            }
+        }
+        for (name, actions) in started {
+            self.execute(name, actions);
+        }
+        if let Some(n) = wid.and_then(|w| self.waiters.settle(w)) {
+            self.deliver(n);
+        }
+        Ok(names)
+    }
+
+    /// A pool's upgrade progressed (or ended, with `outcome`).
+    pub(super) fn progress(
+        &mut self,
+        pool: &str,
+        upgrade: UpgradeId,
+        message: String,
+        outcome: Option<Result<(), String>>,
+    ) {
+        for n in self.waiters.progress(pool, upgrade, message, outcome) {
+            self.deliver(n);
+        }
+    }
+
+    fn deliver(&mut self, n: Notice<ReplyTo>) {
+        match n {
+            Notice::Progress { client, message } => {
+                let reply = Reply::progress(message, client.request_id);
+                self.write_to(client.conn, &reply, client.encoding);
+            }
+            Notice::Done { client, result } => {
+                let reply = match result {
+                    Ok(()) => Reply::new("Upgrade done", client.request_id),
+                    Err(why) => Reply::failure(format!("Upgrade failed: {why}"), client.request_id),
+                };
+                self.write_to(client.conn, &reply, client.encoding);
+                // A client that half-closed only waited for this reply.
+                if self.control.peer_eof(client.conn) {
+                    self.hang_up(client.conn);
+                }
+            }
+        }
+    }
+
+    fn write_to(&mut self, conn: ConnId, reply: &Reply, encoding: Encoding) {
+        self.control.write(
+            self.poll.registry(),
+            conn,
+            &protocol::encode(reply, encoding),
+        );
+    }
+}
