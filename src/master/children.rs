@@ -51,6 +51,7 @@ impl Master {
     // ---- carrying out pool actions -------------------------------------------
 
     pub(super) fn execute(&mut self, name: &str, actions: Vec<Action>) {
+        self.publish(name);
         for action in actions {
             match action {
                 Action::Spawn {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Deadline, Master};
 use crate::control::protocol::{self, Encoding, Reply};
-use crate::control::server::{ConnId, Input};
+use crate::control::server::{ConnId, Input, LINES_PER_TURN};
 
 impl Master {
     pub(super) fn accept_clients(&mut self) {
@@ -40,6 +40,7 @@ impl Master {
     /// After a client disconnected, stop streaming to it.
     fn forget_conn(&mut self, conn: ConnId) {
         self.waiters.forget(|w| w.conn == conn);
+        self.events.forget(conn);
     }
 
     fn on_new_conn(&mut self, id: ConnId) {
@@ -68,18 +69,36 @@ impl Master {
         }
     }
 
-    pub(super) fn on_conn_readable(&mut self, id: ConnId) {
-        let Some((inputs, eof)) = self.control.read(self.poll.registry(), id) else {
+    /// epoll says something about a connection.
+    pub(super) fn on_conn_event(&mut self, id: ConnId, readable: bool, writable: bool) {
+        if writable {
+            self.control.flush(self.poll.registry(), id);
+        }
+        if readable && !self.control.read(self.poll.registry(), id) {
             self.forget_conn(id);
-            return;
-        };
-        for input in inputs {
-            if !self.control.is_open(id) {
+        }
+        if !self.control.is_open(id) {
+            self.forget_conn(id);
+        }
+    }
+
+    /// Take requests from every connection that has some, up to
+    /// [`LINES_PER_TURN`] each, so one pipelining client cannot starve the others.
+    pub(super) fn serve_clients(&mut self) {
+        for id in self.control.take_ready() {
+            self.serve(id);
+        }
+    }
+
+    fn serve(&mut self, id: ConnId) {
+        for _ in 0..LINES_PER_TURN {
+            if !self.control.may_take(id) {
                 break;
             }
-            match input {
-                Input::Line(line) => self.handle_line(id, &line),
-                Input::TooLong => {
+            match self.control.next_line(self.poll.registry(), id) {
+                None => break,
+                Some(Input::Line(line)) => self.handle_line(id, &line),
+                Some(Input::TooLong) => {
                     log::warn!(
                         "control: request line longer than {} bytes; closing the connection",
                         protocol::MAX_LINE
@@ -95,8 +114,14 @@ impl Master {
                     self.hang_up(id);
                 }
             }
+            if !self.control.is_open(id) {
+                break;
+            }
         }
-        if eof && !self.waiters.any(|w| w.conn == id) {
+        self.control.still_ready(id);
+        // A client that half-closed is answered, then closed, unless something
+        // still streams to it (an upgrade it waits for).
+        if self.control.finished(id) && !self.waiters.any(|w| w.conn == id) && !self.follows(id) {
             self.hang_up(id);
         }
         if !self.control.is_open(id) {

@@ -14,7 +14,7 @@ use crate::control::protocol::{self, Command, Parsed, Reply, UpgradeKind, COMMAN
 use crate::control::server::ConnId;
 
 use super::phase::StopRequest;
-use super::{Master, RuntimeError};
+use super::{Master, ReplyTo, RuntimeError};
 
 /// How a handler answers.
 enum Outcome {
@@ -95,6 +95,15 @@ impl Master {
                 } else {
                     Outcome::Err(format!("not ready: {}", snap.status))
                 }
+            }
+            Command::Events { follow: false } => Outcome::Ok(self.events.recent()),
+            Command::Events { follow: true } => {
+                self.follow_events(ReplyTo {
+                    conn,
+                    request_id: req.id.clone(),
+                    encoding: req.encoding,
+                });
+                Outcome::Later
             }
             Command::Version => {
                 Outcome::Ok(format!("einhyrningsins {}", env!("CARGO_PKG_VERSION")))

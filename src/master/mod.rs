@@ -46,6 +46,7 @@ mod children;
 mod clients;
 mod commands;
 mod error;
+mod events;
 mod notify;
 mod phase;
 mod pools;
@@ -153,6 +154,8 @@ pub struct Master {
     phase: Phase,
     /// Clients waiting for the end of their upgrades.
     waiters: Waiters<ReplyTo>,
+    /// Recent events and the clients following them.
+    events: events::EventLog,
     /// Spawns waiting for their fork (see [`SPAWN_BATCH`]).
     spawn_queue: VecDeque<PendingSpawn>,
     /// Pools whose deadlines may have changed since the last loop turn.
@@ -244,6 +247,7 @@ impl Master {
             pid: std::process::id() as Pid,
             phase: Phase::default(),
             waiters: Waiters::default(),
+            events: events::EventLog::default(),
             dirty: HashSet::new(),
             spawn_queue: VecDeque::new(),
             last_reload: None,
@@ -280,7 +284,7 @@ impl Master {
             if self.phase.may_exit(self.pools.len()) {
                 break;
             }
-            let timeout = if self.spawn_queue.is_empty() {
+            let timeout = if self.spawn_queue.is_empty() && !self.control.has_ready() {
                 self.timers.poll_timeout(Instant::now())
             } else {
                 Some(Duration::ZERO)
@@ -297,14 +301,11 @@ impl Master {
                     Some(Source::Watch) => self.on_watch_events(),
                     Some(Source::Control) => self.accept_clients(),
                     Some(Source::WorkerNotify) => self.on_worker_notify(),
-                    Some(Source::Conn(id)) => {
-                        if ev.is_writable() {
-                            self.control.flush(self.poll.registry(), id);
-                        }
-                        if ev.is_readable() || ev.is_read_closed() {
-                            self.on_conn_readable(id);
-                        }
-                    }
+                    Some(Source::Conn(id)) => self.on_conn_event(
+                        id,
+                        ev.is_readable() || ev.is_read_closed(),
+                        ev.is_writable(),
+                    ),
                     None => {}
                 }
             }
@@ -322,6 +323,7 @@ impl Master {
                     Deadline::AcceptRetry => self.accept_clients(),
                 }
             }
+            self.serve_clients();
             self.run_spawns(SPAWN_BATCH);
         }
         log::info!("einhyrningsins (pid {}) exiting", self.pid);

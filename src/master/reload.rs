@@ -89,6 +89,20 @@ impl Master {
                 Err(e) => Err(e.to_string()),
             },
         });
+        let event = match &result {
+            Ok(r) => serde_json::json!({"trigger": trigger, "ok": true, "message": r.summary}),
+            Err(e) => {
+                serde_json::json!({"trigger": trigger, "ok": false, "message": e.to_string()})
+            }
+        };
+        self.master_event(
+            if result.is_ok() {
+                "reload_applied"
+            } else {
+                "reload_refused"
+            },
+            event,
+        );
         match &result {
             Ok(r) => log::info!("{}", r.summary),
             Err(RuntimeError::Config(errors)) => {

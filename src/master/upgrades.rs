@@ -25,7 +25,9 @@ impl Master {
             return Err(RuntimeError::ShuttingDown);
         }
         let names = self.addressed(pool, false)?;
+        let pool_conn = waiter.as_ref().map(|(c, _, _)| *c);
         let wid = waiter.map(|(conn, request_id, encoding)| {
+            self.control.set_busy(conn, true);
             self.waiters.open(ReplyTo {
                 conn,
                 request_id,
@@ -57,6 +59,11 @@ impl Master {
         if started.is_empty() && !refused.is_empty() {
             if let Some(w) = wid {
                 self.waiters.cancel(w);
+            }
+            if let Some(c) = pool_conn {
+                if !self.waiters.any(|w| w.conn == c) {
+                    self.control.set_busy(c, false);
+                }
             }
             return Err(RuntimeError::UpgradeRefused(refused));
         }
@@ -94,6 +101,9 @@ impl Master {
                 self.write_to(client.conn, &reply, client.encoding);
             }
             Notice::Done { client, result } => {
+                if !self.waiters.any(|w| w.conn == client.conn) && !self.follows(client.conn) {
+                    self.control.set_busy(client.conn, false);
+                }
                 let reply = match result {
                     Ok(()) => Reply::new("Upgrade done", client.request_id),
                     Err(why) => Reply::failure(format!("Upgrade failed: {why}"), client.request_id),

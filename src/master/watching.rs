@@ -96,6 +96,18 @@ impl Master {
                         change.path.display(),
                         self.debounce.delay()
                     );
+                    let for_what = match &owner {
+                        WatchOwner::Config => serde_json::Value::String("config".into()),
+                        WatchOwner::Pool(p) => serde_json::Value::String(p.clone()),
+                    };
+                    self.master_event(
+                        "watch_triggered",
+                        serde_json::json!({
+                            "path": change.path.display().to_string(),
+                            "pool": for_what,
+                            "message": format!("{} changed; {what}", change.path.display()),
+                        }),
+                    );
                 }
                 self.debounce.event(owner, now);
             }

@@ -27,6 +27,9 @@ use nix::sys::signal::Signal;
 
 use crate::config::{AckMode, PoolConfig, UpgradeStrategy, MAX_RESPAWN_DELAY};
 
+mod event;
+pub use event::{Level, PoolEvent};
+
 pub type Pid = i32;
 pub type WorkerId = u64;
 pub type UpgradeId = u64;
@@ -234,6 +237,8 @@ pub struct Pool {
     gave_up: bool,
     shutdown: Option<Shutdown>,
     stopped_reported: bool,
+    /// What happened since the master last asked ([`Pool::take_events`]).
+    events: Vec<PoolEvent>,
 }
 
 impl Pool {
@@ -260,10 +265,17 @@ impl Pool {
             gave_up: false,
             shutdown: None,
             stopped_reported: false,
+            events: Vec::new(),
         }
     }
 
     // ---- read side -------------------------------------------------------
+
+    /// What happened since the last call, in order (the master logs and
+    /// publishes these after every event it feeds in).
+    pub fn take_events(&mut self) -> Vec<PoolEvent> {
+        std::mem::take(&mut self.events)
+    }
 
     pub fn count(&self) -> usize {
         self.count
@@ -363,13 +375,12 @@ impl Pool {
                 w.state = WorkerState::Unacked { deadline };
                 self.by_pid.insert(pid, id);
                 self.timers.insert((deadline, TimerKey::Deadline(id)));
-                log::info!(
-                    "pool {}: spawned worker pid {} (index {}, version {})",
-                    self.name,
+                let (index, version) = (w.index, w.version);
+                self.emit(PoolEvent::Spawned {
                     pid,
-                    w.index,
-                    w.version
-                );
+                    index,
+                    version,
+                });
                 if self.shutdown.is_some() {
                     self.stop_worker(
                         id,
@@ -381,8 +392,12 @@ impl Pool {
                 }
             }
             Err(e) => {
-                log::error!("pool {}: could not spawn worker: {}", self.name, e);
                 if let Some(w) = self.remove(id) {
+                    self.emit(PoolEvent::SpawnFailed {
+                        index: w.index,
+                        version: w.version,
+                        error: e.clone(),
+                    });
                     self.count_failure(&w, &format!("could not spawn: {e}"), now, &mut out);
                 }
             }
@@ -422,10 +437,7 @@ impl Pool {
             .get(&id)
             .is_some_and(|w| w.spec.ack == AckMode::Timer)
         {
-            log::debug!(
-                "pool {}: ack from pid {pid} ignored: this pool acks by timer",
-                self.name
-            );
+            self.emit(PoolEvent::AckIgnored { pid });
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
@@ -500,10 +512,7 @@ impl Pool {
                 reason: StopReason::WorkerStopping,
             };
         }
-        log::info!(
-            "pool {}: worker pid {pid} said STOPPING=1; draining it",
-            self.name
-        );
+        self.emit(PoolEvent::WorkerStopping { pid });
         self.reconcile(now, &mut out);
         Ok(out)
     }
@@ -515,12 +524,11 @@ impl Pool {
         if !w.is_acked() || w.watchdog_at != Some(at) {
             return;
         }
-        log::warn!(
-            "pool {}: worker pid {} sent no WATCHDOG=1 within {:?}: killing and replacing it",
-            self.name,
-            w.pid.unwrap_or(0),
-            w.spec.watchdog.unwrap_or_default()
-        );
+        let ev = PoolEvent::WatchdogMissed {
+            pid: w.pid.unwrap_or(0),
+            every: w.spec.watchdog.unwrap_or_default(),
+        };
+        self.emit(ev);
         self.stop_worker(id, Signal::SIGKILL, StopReason::Watchdog, now, out);
     }
 
@@ -532,14 +540,14 @@ impl Pool {
         let mut out = Vec::new();
         match &w.state {
             WorkerState::Draining { reason, since, .. } => {
-                log::info!(
-                    "pool {}: worker pid {} exited ({}) {:.1?} after stop ({})",
-                    self.name,
+                self.emit(PoolEvent::Exited {
                     pid,
-                    how,
-                    now.saturating_duration_since(*since),
-                    reason.as_str()
-                );
+                    index: w.index,
+                    version: w.version,
+                    how: how.to_string(),
+                    after_stop: now.saturating_duration_since(*since),
+                    reason: *reason,
+                });
                 if *reason == StopReason::AckTimeout {
                     let cause = format!("pid {pid} did not ack within {:?}", w.spec.ack_timeout);
                     self.count_failure(&w, &cause, now, &mut out);
@@ -551,15 +559,13 @@ impl Pool {
                     "pid {pid} {how}{}",
                     if ever_acked { "" } else { " before it acked" }
                 );
-                log::warn!(
-                    "pool {}: worker pid {} (index {}, version {}) died unexpectedly: {}{}",
-                    self.name,
+                self.emit(PoolEvent::Died {
                     pid,
-                    w.index,
-                    w.version,
-                    how,
-                    if ever_acked { "" } else { ", before it acked" }
-                );
+                    index: w.index,
+                    version: w.version,
+                    how: how.to_string(),
+                    acked: ever_acked,
+                });
                 if ever_acked {
                     let in_upgrade = self
                         .upgrade
@@ -603,7 +609,10 @@ impl Pool {
     pub fn set_count(&mut self, count: usize, now: Instant) -> Result<Vec<Action>, PoolError> {
         self.refuse_if_shutting_down()?;
         if count != self.count {
-            log::info!("pool {}: count {} -> {}", self.name, self.count, count);
+            self.emit(PoolEvent::CountChanged {
+                from: self.count,
+                to: count,
+            });
         }
         self.count = count;
         self.revive();
@@ -636,7 +645,10 @@ impl Pool {
         let from = match self.upgrade.take() {
             Some(prev) => {
                 let msg = format!("superseded by upgrade #{}", self.next_upgrade);
-                log::info!("pool {}: upgrade #{} {}", self.name, prev.id, msg);
+                self.emit(PoolEvent::UpgradeSuperseded {
+                    id: prev.id,
+                    by: self.next_upgrade,
+                });
                 out.push(Action::Progress {
                     upgrade: prev.id,
                     message: format!("pool {}: upgrade {}", self.name, msg),
@@ -667,13 +679,12 @@ impl Pool {
             ),
             UpgradeStrategy::Fleet => "as a fleet".to_string(),
         };
-        log::info!(
-            "pool {}: upgrade #{} to version {} {}",
-            self.name,
+        self.emit(PoolEvent::UpgradeStarted {
             id,
             version,
-            how
-        );
+            count: self.count,
+            how: how.clone(),
+        });
         out.push(Action::Progress {
             upgrade: id,
             message: format!(
@@ -728,6 +739,10 @@ impl Pool {
 
     // ---- internals ----------------------------------------------------------
 
+    fn emit(&mut self, e: PoolEvent) {
+        self.events.push(e);
+    }
+
     fn id_of(&self, pid: Pid) -> Result<WorkerId, PoolError> {
         self.by_pid
             .get(&pid)
@@ -750,7 +765,7 @@ impl Pool {
     /// An operator action clears a steady-state give-up and the backoff.
     fn revive(&mut self) {
         if self.gave_up {
-            log::info!("pool {}: respawning again", self.name);
+            self.emit(PoolEvent::Revived);
         }
         self.gave_up = false;
         self.failures = 0;
@@ -788,12 +803,11 @@ impl Pool {
             WorkerState::Unacked { .. } => match w.spec.ack {
                 AckMode::Timer => self.mark_acked(id, now, out),
                 AckMode::Manual | AckMode::Notify => {
-                    log::warn!(
-                        "pool {}: worker pid {} did not ack within {:?}: killing it",
-                        self.name,
-                        w.pid.unwrap_or(0),
-                        w.spec.ack_timeout
-                    );
+                    let ev = PoolEvent::AckTimeout {
+                        pid: w.pid.unwrap_or(0),
+                        timeout: w.spec.ack_timeout,
+                    };
+                    self.emit(ev);
                     self.stop_worker(id, Signal::SIGKILL, StopReason::AckTimeout, now, out);
                 }
             },
@@ -803,17 +817,13 @@ impl Pool {
                 reason,
             } => {
                 if let Some(pid) = w.pid {
-                    log::warn!(
-                        "pool {}: worker pid {} still alive {:?} after its stop signal: sending SIGKILL",
-                        self.name,
-                        pid,
-                        w.spec.stop_timeout
-                    );
+                    let timeout = w.spec.stop_timeout;
                     w.state = WorkerState::Draining {
                         since,
                         kill_at: None,
                         reason,
                     };
+                    self.emit(PoolEvent::StopTimeout { pid, timeout });
                     self.send(id, pid, Signal::SIGKILL, out);
                 }
             }
@@ -836,19 +846,19 @@ impl Pool {
             self.timers.insert((now + every, TimerKey::Watchdog(id)));
         }
         let (index, version, pid) = (w.index, w.version, w.pid.unwrap_or(0));
+        let after = now.saturating_duration_since(w.spawned_at);
         if let Some(b) = self.buckets.get_mut(&version) {
             b.unacked.remove(&(index, id));
             b.acked.insert((index, id));
         }
         self.failures = 0;
         self.logged_backoff = None;
-        log::info!(
-            "pool {}: worker pid {} acked (index {}, version {})",
-            self.name,
+        self.emit(PoolEvent::Acked {
             pid,
             index,
-            version
-        );
+            version,
+            after,
+        });
         if let Some(up) = &self.upgrade {
             if version == self.target.0 {
                 let acked = self.buckets.get(&version).map_or(0, |b| b.acked.len());
@@ -891,24 +901,20 @@ impl Pool {
             if let Some(r) = w.spec.retries {
                 if self.failures > r && !self.gave_up {
                     self.gave_up = true;
-                    log::error!(
-                        "pool {}: giving up after {} consecutive failed spawns (retries = {}); `inc`, `upgrade` or a reload tries again",
-                        self.name,
-                        self.failures,
-                        r
-                    );
+                    self.emit(PoolEvent::GaveUp {
+                        failures: self.failures,
+                        retries: r,
+                    });
                     return;
                 }
             }
             // Rate limit: a new delay, or every power of two of failures.
             if self.logged_backoff != Some(delay) || self.failures.is_power_of_two() {
                 self.logged_backoff = Some(delay);
-                log::info!(
-                    "pool {}: respawning in {:.1?} ({} consecutive failure(s))",
-                    self.name,
+                self.emit(PoolEvent::Backoff {
                     delay,
-                    self.failures
-                );
+                    failures: self.failures,
+                });
             }
         }
     }
@@ -923,21 +929,23 @@ impl Pool {
         let version = self.target.0;
         let message = match &result {
             Ok(()) => {
-                log::info!(
-                    "pool {}: upgrade #{} done: {} worker(s) at version {} in {:.1?}",
-                    self.name,
-                    up.id,
-                    self.count,
+                self.emit(PoolEvent::UpgradeDone {
+                    id: up.id,
                     version,
-                    now.saturating_duration_since(up.started)
-                );
+                    count: self.count,
+                    took: now.saturating_duration_since(up.started),
+                });
                 format!(
                     "pool {}: upgrade done: {} worker(s) at version {}",
                     self.name, self.count, version
                 )
             }
             Err(why) => {
-                log::error!("pool {}: upgrade #{} failed: {}", self.name, up.id, why);
+                self.emit(PoolEvent::UpgradeFailed {
+                    id: up.id,
+                    why: why.clone(),
+                    took: now.saturating_duration_since(up.started),
+                });
                 format!("pool {}: upgrade failed: {}", self.name, why)
             }
         };
@@ -1093,13 +1101,11 @@ impl Pool {
             };
         }
         if let Some(pid) = w.pid {
-            log::info!(
-                "pool {}: stopping worker pid {} with {} ({})",
-                self.name,
+            self.emit(PoolEvent::Stopping {
                 pid,
-                signal.as_str(),
-                reason.as_str()
-            );
+                signal,
+                reason,
+            });
             self.send(id, pid, signal, out);
             if let (Some(up), StopReason::Retired) = (&self.upgrade, reason) {
                 out.push(Action::Progress {
@@ -1164,7 +1170,7 @@ impl Pool {
         if self.shutdown.is_some() {
             if self.workers.is_empty() && !self.stopped_reported {
                 self.stopped_reported = true;
-                log::info!("pool {}: stopped", self.name);
+                self.emit(PoolEvent::Stopped);
                 out.push(Action::Stopped);
             }
             return;

@@ -163,6 +163,12 @@ pub const COMMANDS: &[CommandSpec] = &[
         Scope::Master,
         "re-read the config file and apply the difference",
     )),
+    streaming(spec(
+        "events",
+        "[-f]",
+        Scope::Master,
+        "recent lifecycle events as JSON lines; with -f, follow them as they happen",
+    )),
     spec("version", "", Scope::Master, "master version"),
     spec("louder", "", Scope::Master, "more verbose logging"),
     spec("quieter", "", Scope::Master, "less verbose logging"),
@@ -216,6 +222,10 @@ pub enum Command {
     /// Graceful shutdown; `Some`: workers get this signal instead of their own.
     Die(Option<Signal>),
     Reload,
+    /// The recent events, or (`follow`) a stream of them from now on.
+    Events {
+        follow: bool,
+    },
     Version,
     Louder,
     Quieter,
@@ -322,6 +332,13 @@ impl Command {
                 _ => return Err(usage()),
             },
             "reload" => Command::Reload,
+            "events" => match args {
+                [] => Command::Events { follow: false },
+                [f] if matches!(f.as_str(), "-f" | "--follow" | "follow") => {
+                    Command::Events { follow: true }
+                }
+                _ => return Err(usage()),
+            },
             "version" => Command::Version,
             "louder" => Command::Louder,
             "quieter" => Command::Quieter,
@@ -359,6 +376,7 @@ impl Command {
             Command::Signal(_) => "signal",
             Command::Die(_) => "die",
             Command::Reload => "reload",
+            Command::Events { .. } => "events",
             Command::Version => "version",
             Command::Louder => "louder",
             Command::Quieter => "quieter",
