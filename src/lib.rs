@@ -29,6 +29,8 @@ mod timer;
 mod watch;
 
 #[cfg(test)]
+mod arch_tests;
+#[cfg(test)]
 mod testutil;
 
 pub use control::protocol;
@@ -60,14 +62,7 @@ pub fn main() -> ExitCode {
         eprintln!("einhyrningsins: {e}");
         return ExitCode::from(1);
     }
-    let master = match master::Master::new(config) {
-        Ok(m) => m,
-        Err(e) => {
-            ::log::error!("{e}");
-            return code(e.exit_code());
-        }
-    };
-    match master.run() {
+    match master::run(config) {
         Ok(status) => code(status),
         Err(e) => {
             ::log::error!("{e}");

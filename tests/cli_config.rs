@@ -2,6 +2,8 @@
 //! `--version` succeed and say what they must, usage errors exit 2 with a message
 //! naming the offending flag, and none of these starts anything.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

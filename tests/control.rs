@@ -6,6 +6,8 @@
 //! recorded, the master gone), not only by its reply. Bad input is each followed
 //! by a `status` that must still answer. Waits poll conditions with deadlines.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};

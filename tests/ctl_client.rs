@@ -3,6 +3,8 @@
 //! scripted reply lines. Synchronisation is on the socket only (the fake master
 //! reads until the client hangs up), never on sleeps.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;

@@ -16,6 +16,8 @@
 //! terminal side has to answer, and keys are typed only once the prompt they
 //! are meant for is on the screen.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs::File;

@@ -7,6 +7,8 @@
 //! The Rust worker is a cargo example: plain `cargo test` builds it next to this
 //! test's executable (target/<profile>/examples/http_worker).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};

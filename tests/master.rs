@@ -1,5 +1,7 @@
 //! The master with real workers: pools, child API, acks, respawn, shutdown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -7,6 +7,8 @@
 //! The pools run a copy of the example worker in the test's temp dir (`{dir}/app`),
 //! so a test can replace it without touching the shared build output.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::{TcpListener, TcpStream};

@@ -2,6 +2,8 @@
 //! test-side NOTIFY_SOCKET), socket activation with fds passed by LISTEN_*, workers
 //! speaking systemd's socket and notify protocols, and PID-1 style reaping.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::net::UnixDatagram;

@@ -10,6 +10,8 @@
 //!
 //! Nothing sleeps to synchronise: every wait polls a condition with a deadline.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeSet;

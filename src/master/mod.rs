@@ -138,7 +138,13 @@ struct ReplyTo {
     encoding: Encoding,
 }
 
-pub struct Master {
+/// Take the sockets and files `config` asks for, then run the loop until the
+/// master exits; returns the exit status. (The crate's only way into the master.)
+pub fn run(config: Config) -> Result<i32, MasterError> {
+    Master::new(config)?.run()
+}
+
+struct Master {
     config: Config,
     pools: BTreeMap<String, PoolEntry>,
     /// Which pool each live worker pid belongs to (forgotten when reaped).
@@ -175,7 +181,7 @@ pub struct Master {
 impl Master {
     /// Take the lockfile, the control socket, every pool's sockets and the
     /// pidfile; register signal handlers. No worker is started yet.
-    pub fn new(config: Config) -> Result<Master, MasterError> {
+    fn new(config: Config) -> Result<Master, MasterError> {
         let lock = startup::Files::lock(config.master.lockfile.as_deref())?;
         let mut control = ControlServer::bind(&config.control.socket, config.control.mode)?;
         let mut pools = BTreeMap::new();
@@ -260,7 +266,7 @@ impl Master {
     }
 
     /// Run until every pool has stopped after a shutdown; returns the exit status.
-    pub fn run(mut self) -> Result<i32, MasterError> {
+    fn run(mut self) -> Result<i32, MasterError> {
         log::info!(
             "einhyrningsins {} (pid {}) starting {} pool(s); control socket {}",
             env!("CARGO_PKG_VERSION"),

@@ -286,13 +286,15 @@ impl FdPlan {
     pub unsafe fn apply(&self) -> std::io::Result<()> {
         for &(src, temp, _) in &self.moves {
             // The temporaries stay close-on-exec: they vanish at exec.
-            if libc::dup3(src, temp, libc::O_CLOEXEC) == -1 {
+            // SAFETY: dup3 only changes the fd table; the caller is the child.
+            if unsafe { libc::dup3(src, temp, libc::O_CLOEXEC) } == -1 {
                 return Err(std::io::Error::last_os_error());
             }
         }
         for &(_, temp, dst) in &self.moves {
             // temp != dst always, so dup2 clears FD_CLOEXEC on dst.
-            if libc::dup2(temp, dst) == -1 {
+            // SAFETY: as above.
+            if unsafe { libc::dup2(temp, dst) } == -1 {
                 return Err(std::io::Error::last_os_error());
             }
         }

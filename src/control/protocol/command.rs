@@ -17,7 +17,7 @@ use crate::config::{parse_signal, MAX_WORKERS};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     /// The master as a whole; `pool` is ignored.
-    Master,
+    Global,
     /// The pool named by `pool`, or every pool without it.
     PoolOrAll,
     /// One pool: `pool` is required when the master runs more than one.
@@ -93,14 +93,14 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec(
         "ehlo",
         "",
-        Scope::Master,
+        Scope::Global,
         "say hello (einhornsh does this on connect)",
     ),
-    spec("help", "", Scope::Master, "this list"),
+    spec("help", "", Scope::Global, "this list"),
     spec(
         "check",
         "",
-        Scope::Master,
+        Scope::Global,
         "readiness probe: ok only when every pool has its count acked (systemd, Kubernetes)",
     ),
     pool_last(spec(
@@ -154,24 +154,24 @@ pub const COMMANDS: &[CommandSpec] = &[
     spec(
         "die",
         "[SIG]",
-        Scope::Master,
+        Scope::Global,
         "graceful shutdown; workers get SIG (default: each pool's stop_signal)",
     ),
     long(spec(
         "reload",
         "",
-        Scope::Master,
+        Scope::Global,
         "re-read the config file and apply the difference",
     )),
     streaming(spec(
         "events",
         "[-f]",
-        Scope::Master,
+        Scope::Global,
         "recent lifecycle events as JSON lines; with -f, follow them as they happen",
     )),
-    spec("version", "", Scope::Master, "master version"),
-    spec("louder", "", Scope::Master, "more verbose logging"),
-    spec("quieter", "", Scope::Master, "less verbose logging"),
+    spec("version", "", Scope::Global, "master version"),
+    spec("louder", "", Scope::Global, "more verbose logging"),
+    spec("quieter", "", Scope::Global, "less verbose logging"),
     spec(
         "worker:ack",
         "",
