@@ -1076,4 +1076,12 @@ mod tests {
         Args::command().debug_assert();
         CheckArgs::command().debug_assert();
     }
+
+    #[test]
+    fn absurd_durations_on_the_command_line_are_usage_errors() {
+        for flag in ["-t", "-s", "-m"] {
+            let e = usage_error(&[flag, "1e19", "./server"]);
+            assert!(e.contains("7 days") || e.contains("1e19"), "{flag}: {e}");
+        }
+    }
 }

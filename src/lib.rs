@@ -23,6 +23,7 @@ mod control;
 mod log;
 mod master;
 mod pool;
+mod procfs;
 mod spawn;
 mod systemd;
 mod timer;

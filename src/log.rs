@@ -2,6 +2,7 @@
 //! syslog when asked. The level can change at run time (`louder`/`quieter`,
 //! reload): fern passes everything and `log::set_max_level` does the filtering.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::time::SystemTime;
 
@@ -26,7 +27,7 @@ pub fn init(config: &crate::config::LogConfig, process_name: &str) -> Result<(),
             "{} {:<5} {}\n",
             humantime::format_rfc3339_millis(SystemTime::now()),
             record.level(),
-            record.args()
+            Escaped(&record.args().to_string())
         );
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }));
@@ -47,7 +48,14 @@ pub fn init(config: &crate::config::LogConfig, process_name: &str) -> Result<(),
         };
         match logger {
             Ok(logger) => {
-                root = root.chain(fern::Dispatch::new().level(LevelFilter::Warn).chain(logger));
+                root = root.chain(
+                    fern::Dispatch::new()
+                        .level(LevelFilter::Warn)
+                        .format(|out, message, _| {
+                            out.finish(format_args!("{}", Escaped(&message.to_string())))
+                        })
+                        .chain(logger),
+                );
             }
             Err(e) => syslog_err = Some(e),
         }
@@ -64,6 +72,33 @@ pub fn init(config: &crate::config::LogConfig, process_name: &str) -> Result<(),
         log::warn!("syslog unavailable at {at}, logging to stderr only: {e}");
     }
     Ok(())
+}
+
+/// Text from outside (command names, pool names in requests, file names, a
+/// worker's status) reaches log lines: control characters are escaped so that
+/// no line can be split, forged or made to rewrite the terminal.
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.0;
+        if !s.chars().any(needs_escape) {
+            return f.write_str(s);
+        }
+        for c in s.chars() {
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                c if needs_escape(c) => write!(f, "\\u{{{:x}}}", c as u32)?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    (c.is_control() && c != '\t') || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
 const LEVELS: [LevelFilter; 6] = [
@@ -86,4 +121,21 @@ pub fn step(louder: bool) -> LevelFilter {
     };
     log::set_max_level(LEVELS[j]);
     LEVELS[j]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Escaped;
+
+    #[test]
+    fn control_characters_cannot_forge_a_line() {
+        let forged = "inc\n2026-01-01T00:00:00.000Z INFO  pool web: upgrade done\r\u{1b}[2J";
+        let out = Escaped(forged).to_string();
+        assert!(!out.contains('\n') && !out.contains('\r') && !out.contains('\u{1b}'));
+        assert_eq!(
+            out,
+            "inc\\n2026-01-01T00:00:00.000Z INFO  pool web: upgrade done\\r\\u{1b}[2J"
+        );
+        assert_eq!(Escaped("plain\ttext é").to_string(), "plain\ttext é");
+    }
 }

@@ -42,22 +42,42 @@ pub struct SpawnContext<'a> {
     pub notify_socket: Option<&'a str>,
 }
 
+/// Why a worker could not be started. The messages do not name the pool: the
+/// caller says which pool it was about.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("pool {pool}: empty command")]
+    #[error("empty command")]
     EmptyCommand { pool: String },
-    #[error("pool {pool}: could not make fd {fd} inheritable: {source}")]
+    #[error("could not make fd {fd} inheritable: {source}")]
     Inherit {
         pool: String,
         fd: RawFd,
         source: io::Error,
     },
-    #[error("pool {pool}: could not start {program:?}: {source}")]
+    #[error("could not start {program:?}: {source}")]
     Exec {
         pool: String,
         program: String,
         source: io::Error,
     },
+}
+
+impl SpawnError {
+    /// The master's own failure (out of fds, processes or memory) rather than
+    /// the worker's program or settings.
+    pub fn is_master_side(&self) -> bool {
+        let scarce = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::EAGAIN)
+            )
+        };
+        match self {
+            SpawnError::EmptyCommand { .. } => false,
+            SpawnError::Inherit { .. } => true,
+            SpawnError::Exec { source, .. } => scarce(source),
+        }
+    }
 }
 
 /// Variables the master sets; stale ones inherited from our own environment

@@ -365,11 +365,12 @@ socket = "{sock}"
 command = ["{worker}", "--exit-after-ms", "20", "--exit-code", "3"]
 ack_timer = "10s"
 respawn_delay = "200ms"
-retries = 3
+retries = 4
 "#,
     );
+    // `retries = 4`: four failed attempts, then the pool gives up.
     let log = m.wait_log(
-        "pool crash: giving up after 4 consecutive failed spawns (retries = 3)",
+        "pool crash: giving up after 4 consecutive failed spawns (retries = 4)",
         Duration::from_secs(20),
     );
     for (delay, n) in [("200.0ms", 1), ("300.0ms", 2), ("450.0ms", 3)] {

@@ -548,3 +548,83 @@ fn every_pool_key_has_a_reload_effect() {
     }
     assert!(pool_changes(&base, &base.clone()).is_empty());
 }
+
+/// Durations are bounded where they are written: a value `check` accepts can
+/// never overflow a deadline in the running master.
+#[test]
+fn absurd_durations_are_refused_with_key_and_line() {
+    for key in [
+        "ack_timeout",
+        "ack_timer",
+        "stop_timeout",
+        "respawn_delay",
+        "watchdog",
+    ] {
+        for value in ["\"1e19\"", "1e19", "\"8d\"", "604801", "\"1000000h\""] {
+            let ack = if key == "watchdog" { "ack = \"notify\"\n" } else { "" };
+            let text = format!(
+                "[pools.web]\ncommand = [\"./w\"]\n{ack}{key} = {value}\n"
+            );
+            let errs = errors_of(&text);
+            assert!(
+                errs.iter().any(|e| e.key == format!("pools.web.{key}")
+                    && e.line.is_some()
+                    && e.message.contains("7 days")),
+                "{key} = {value}: {errs:?}"
+            );
+        }
+    }
+    let errs = errors_of("[watch]\ndebounce = \"1e19\"\n[pools.web]\ncommand = [\"./w\"]\n");
+    assert!(
+        errs.iter().any(|e| e.key == "watch.debounce"),
+        "{errs:?}"
+    );
+    // The maximum itself is fine.
+    let ok = Config::from_toml_str(
+        "[pools.web]\ncommand = [\"./w\"]\nstop_timeout = \"7d\"\n",
+        None,
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+/// The child API is the master's: `env` cannot point a worker at another fd,
+/// control socket or master.
+#[test]
+fn env_cannot_override_the_child_api() {
+    for var in [
+        "EINHORN_FD_0",
+        "EINHORN_FD_COUNT",
+        "EINHORN_FDS",
+        "EINHORN_SOCK_PATH",
+        "EINHORN_SOCK_FD",
+        "EINHORN_MASTER_PID",
+        "EINHORN_CHILD_INDEX",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+    ] {
+        let errs = errors_of(&format!(
+            "[pools.web]\ncommand = [\"./w\"]\nenv = {{ {var} = \"7\" }}\n"
+        ));
+        assert!(
+            errs.iter()
+                .any(|e| e.key == format!("pools.web.env.{var}") && e.line == Some(3)),
+            "{var}: {errs:?}"
+        );
+    }
+    let errs = errors_of(
+        "[pools.web]\ncommand = [\"./w\"]\nack = \"notify\"\nenv = { NOTIFY_SOCKET = \"/x\" }\n",
+    );
+    assert!(errs.iter().any(|e| e.key == "pools.web.env.NOTIFY_SOCKET"));
+    // Names that only look alike are the operator's.
+    let ok = Config::from_toml_str(
+        "[pools.web]\ncommand = [\"./w\"]\nenv = { EINHORN_FD_NAME = \"x\", NOTIFY_SOCKET = \"/x\" }\n",
+        None,
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn retries_zero_is_refused() {
+    let errs = errors_of("[pools.web]\ncommand = [\"./w\"]\nretries = 0\n");
+    assert!(errs.iter().any(|e| e.key == "pools.web.retries"), "{errs:?}");
+}

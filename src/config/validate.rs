@@ -4,6 +4,41 @@ use std::collections::BTreeMap;
 
 use super::*;
 
+/// Why `env` may not set `name` for this pool, if it may not: the child API's
+/// variables are the master's to set (a worker told a wrong fd or master pid
+/// would accept on the wrong socket or ack the wrong master).
+fn reserved_env(name: &str, pool: &PoolConfig) -> Option<String> {
+    const CHILD_API: &[&str] = &[
+        "EINHORN_FD_COUNT",
+        "EINHORN_FDS",
+        "EINHORN_SOCK_PATH",
+        "EINHORN_SOCK_FD",
+        "EINHORN_MASTER_PID",
+        "EINHORN_CHILD_INDEX",
+    ];
+    let api = CHILD_API.contains(&name)
+        || name
+            .strip_prefix("EINHORN_FD_")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    if api {
+        return Some(format!(
+            "{name} is set by the master for every worker (the child API); it cannot be overridden"
+        ));
+    }
+    if matches!(name, "LISTEN_PID" | "LISTEN_FDS" | "LISTEN_FDNAMES") {
+        return Some(format!(
+            "{name} is set by the master for workers with socket_protocol = [\"systemd\"] and \
+             removed for the others; it cannot be set here"
+        ));
+    }
+    if pool.ack == AckMode::Notify && matches!(name, "NOTIFY_SOCKET" | "WATCHDOG_USEC") {
+        return Some(format!(
+            "{name} is set by the master for ack = \"notify\" workers; it cannot be overridden"
+        ));
+    }
+    None
+}
+
 impl Config {
     /// Semantic checks shared by both front ends. Errors carry file and line when
     /// the config came from a file.
@@ -99,12 +134,20 @@ impl Config {
                     );
                 }
             }
+            if pool.retries == Some(0) {
+                err(
+                    format!("{p}.retries"),
+                    "must be at least 1 (leave it out to retry forever)".into(),
+                );
+            }
             for (k, v) in &pool.env {
                 if k.is_empty() || k.contains('=') || k.contains('\0') {
                     err(
                         format!("{p}.env"),
                         format!("{k:?} is not an environment variable name"),
                     );
+                } else if let Some(why) = reserved_env(k, pool) {
+                    err(format!("{p}.env.{k}"), why);
                 } else if v.contains('\0') {
                     err(format!("{p}.env.{k}"), "value contains a NUL byte".into());
                 }

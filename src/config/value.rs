@@ -10,16 +10,22 @@ use super::{AckMode, SocketProtocol, UpgradeStrategy};
 // ---------------------------------------------------------------------------
 // Value parsers shared with the command line
 
+/// The longest duration any setting takes: one week. Every timer the master
+/// arms is `now + setting`, so an absurd value must be refused where it is
+/// written, with its key, not overflow at the first deadline.
+pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Parse a duration: `"500ms"`, `"2s"`, `"1m"`, `"1h"`, `"1.5s"`, `"1m30s"`, or a
-/// bare number of seconds (`"2"`, `"0.5"`).
+/// bare number of seconds (`"2"`, `"0.5"`); at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if let Ok(secs) = t.parse::<f64>() {
         return secs_to_duration(secs);
     }
-    humantime::parse_duration(t).map_err(|e| {
+    let d = humantime::parse_duration(t).map_err(|e| {
         format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"2s\", \"1m\" or a number of seconds")
-    })
+    })?;
+    bounded(d, s)
 }
 
 pub(super) fn secs_to_duration(secs: f64) -> Result<Duration, String> {
@@ -28,7 +34,22 @@ pub(super) fn secs_to_duration(secs: f64) -> Result<Duration, String> {
             "{secs} is not a duration: expected a non-negative number of seconds"
         ));
     }
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(too_long(&secs.to_string()));
+    }
     Duration::try_from_secs_f64(secs).map_err(|e| format!("{secs} seconds: {e}"))
+}
+
+/// `d` if it is at most [`MAX_DURATION`].
+pub(super) fn bounded(d: Duration, written: &str) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        return Err(too_long(written.trim()));
+    }
+    Ok(d)
+}
+
+fn too_long(written: &str) -> String {
+    format!("{written:?} is longer than the maximum of 7 days (604800 seconds)")
 }
 
 /// Parse a signal: `"USR2"`, `"SIGUSR2"`, `"usr2"` or a number (`"12"`); kill(1)'s

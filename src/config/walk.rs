@@ -249,7 +249,7 @@ impl Walker<'_> {
         let r = match v.get_ref() {
             DeValue::String(s) => parse_duration(s),
             DeValue::Integer(i) => match int_value(i) {
-                Some(n) if n >= 0 => Ok(Duration::from_secs(n as u64)),
+                Some(n) if n >= 0 => bounded(Duration::from_secs(n as u64), &n.to_string()),
                 _ => Err(format!(
                     "expected a duration (\"500ms\", \"2s\", \"1m\" or seconds >= 0), found {}",
                     describe(v.get_ref())

@@ -131,6 +131,11 @@ struct Conn {
     throttled: bool,
     uid: Option<u32>,
     pid: Option<i32>,
+    /// The peer's ancestors when it connected, nearest first (read at accept,
+    /// while the peer is alive: a worker's `nc` may exit right after sending).
+    ancestors: Vec<i32>,
+    /// `-g`: the worker this channel was made for.
+    owner: Option<i32>,
     /// A worker's `-g` channel (EINHORN_SOCK_FD): kept open after worker:ack,
     /// as einhorn does, so the worker can keep using it.
     persistent: bool,
@@ -351,6 +356,10 @@ impl ControlServer {
                 throttled: false,
                 uid: cred.map(|c| c.uid()),
                 pid: cred.map(|c| c.pid()),
+                ancestors: cred.map_or_else(Vec::new, |c| {
+                    crate::procfs::ancestors(c.pid(), std::process::id() as i32, 32)
+                }),
+                owner: None,
                 persistent: false,
                 busy: false,
                 peer_eof: false,
@@ -361,9 +370,10 @@ impl ControlServer {
         Ok(id)
     }
 
-    /// Mark a connection as a worker's persistent channel (`-g`).
-    pub fn set_persistent(&mut self, id: ConnId) {
+    /// Mark a connection as the persistent channel (`-g`) of worker `owner`.
+    pub fn set_persistent(&mut self, id: ConnId, owner: i32) {
         if let Some(c) = self.conns.get_mut(&id) {
+            c.owner = Some(owner);
             if !c.persistent {
                 c.persistent = true;
                 self.persistent += 1;
@@ -385,6 +395,35 @@ impl ControlServer {
 
     pub fn is_persistent(&self, id: ConnId) -> bool {
         self.conns.get(&id).is_some_and(|c| c.persistent)
+    }
+
+    /// May this connection speak for worker `pid` (`worker:ack`, `worker:ping`)?
+    /// Its `-g` channel may, for that worker only; otherwise the peer must be
+    /// the worker itself or one of its descendants.
+    pub fn speaks_for(&self, id: ConnId, pid: i32) -> Result<(), String> {
+        let Some(c) = self.conns.get(&id) else {
+            return Err("the connection is gone".into());
+        };
+        if let Some(owner) = c.owner {
+            return if owner == pid {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the -g channel of worker {owner} spoke for pid {pid}"
+                ))
+            };
+        }
+        match c.pid {
+            Some(peer) if peer == pid || c.ancestors.contains(&pid) => Ok(()),
+            Some(peer) if c.ancestors.is_empty() && !crate::procfs::exists(peer) => Err(format!(
+                "pid {peer} spoke for pid {pid} and had exited before the master could check \
+                 whose process it was"
+            )),
+            Some(peer) => Err(format!(
+                "pid {peer} is neither pid {pid} nor one of its descendants"
+            )),
+            None => Err("the peer's credentials are unknown".into()),
+        }
     }
 
     /// Peer uid and pid (SO_PEERCRED) of a connection.

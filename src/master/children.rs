@@ -15,7 +15,7 @@ use nix::unistd::Pid as NixPid;
 use super::{Master, PendingSpawn};
 use crate::bind::BoundSocket;
 use crate::config::{AckMode, PoolConfig};
-use crate::pool::{Action, Pid};
+use crate::pool::{Action, Pid, SpawnError};
 use crate::spawn::{self, SpawnContext};
 
 impl Master {
@@ -169,7 +169,7 @@ impl Master {
         }
     }
 
-    fn spawn(&mut self, name: &str, index: u32, spec: &PoolConfig) -> Result<Pid, String> {
+    fn spawn(&mut self, name: &str, index: u32, spec: &PoolConfig) -> Result<Pid, SpawnError> {
         let fds: Vec<RawFd> = self
             .pools
             .get(name)
@@ -180,7 +180,11 @@ impl Master {
         if spec.command_socket_as_fd {
             match std::os::unix::net::UnixStream::pair() {
                 Ok((ours, theirs)) => pair = Some((ours, theirs)),
-                Err(e) => return Err(format!("could not create the -g socketpair: {e}")),
+                Err(e) => {
+                    return Err(SpawnError::Resources(format!(
+                        "could not create the -g socketpair: {e}"
+                    )))
+                }
             }
         }
         let notify = if spec.ack == AckMode::Notify {
@@ -196,12 +200,18 @@ impl Master {
             control_fd: pair.as_ref().map(|(_, t)| t.as_raw_fd()),
             notify_socket: notify.as_deref(),
         };
-        let pid = spawn::spawn(spec, &ctx).map_err(|e| e.to_string())?;
+        let pid = spawn::spawn(spec, &ctx).map_err(|e| {
+            if e.is_master_side() {
+                SpawnError::Resources(e.to_string())
+            } else {
+                SpawnError::Program(e.to_string())
+            }
+        })?;
         if let Some((ours, _theirs)) = pair {
             if ours.set_nonblocking(true).is_ok() {
                 let stream = mio::net::UnixStream::from_std(ours);
                 match self.control.adopt(self.poll.registry(), stream) {
-                    Ok(id) => self.control.set_persistent(id),
+                    Ok(id) => self.control.set_persistent(id, pid),
                     Err(e) => log::warn!("pool {name}: could not register the -g connection: {e}"),
                 }
             }

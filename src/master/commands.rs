@@ -171,6 +171,11 @@ impl Master {
                 log::warn!("log level is now {lvl}");
                 Outcome::Ok(format!("Log level is now {lvl}"))
             }
+            Command::WorkerAck { pid } | Command::WorkerPing { pid, .. }
+                if self.refused_sender(conn, parsed.command.name(), pid) =>
+            {
+                Outcome::Silent
+            }
             Command::WorkerAck { pid } => {
                 if let Err(e) = self.worker_ack(pid) {
                     log::warn!("control: worker:ack: {e}");
@@ -184,6 +189,22 @@ impl Master {
                 Outcome::Silent
             }
         }
+    }
+
+    /// A `worker:*` message must come from the worker or a descendant of it
+    /// (SO_PEERCRED): a worker of one pool cannot ack or ping for another.
+    /// Returns true (and records it, for `state`) when the sender is refused.
+    fn refused_sender(&mut self, conn: ConnId, what: &'static str, pid: i32) -> bool {
+        let Err(why) = self.control.speaks_for(conn, pid) else {
+            return false;
+        };
+        log::warn!("control: {what} for pid {pid} refused: {why}");
+        self.rejected.note(what, pid, why.clone());
+        self.master_event(
+            "worker_message_refused",
+            serde_json::json!({"command": what, "pid": pid, "message": why}),
+        );
+        true
     }
 
     /// Pools a read command applies to: the one named, or all.

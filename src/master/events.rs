@@ -157,7 +157,10 @@ fn pool_event_fields(ev: &PoolEvent) -> Map<String, Value> {
             index,
             version,
             error,
-        } => json!({"index": index, "version": version, "error": error}),
+            master_side,
+        } => {
+            json!({"index": index, "version": version, "error": error, "master_side": master_side})
+        }
         PoolEvent::Acked {
             pid,
             index,

@@ -130,6 +130,24 @@ struct ReloadRecord {
     result: Result<String, String>,
 }
 
+/// `worker:ack` / `worker:ping` messages refused because of who sent them.
+#[derive(Debug, Default)]
+struct Rejected {
+    count: u64,
+    /// The last few: when, what, for which pid, why.
+    recent: VecDeque<(Instant, &'static str, Pid, String)>,
+}
+
+impl Rejected {
+    fn note(&mut self, what: &'static str, pid: Pid, why: String) {
+        self.count += 1;
+        if self.recent.len() == 8 {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((Instant::now(), what, pid, why));
+    }
+}
+
 /// Where a streamed reply goes: the connection, the request's id and encoding.
 #[derive(Debug, Clone, PartialEq)]
 struct ReplyTo {
@@ -167,6 +185,8 @@ struct Master {
     /// Pools whose deadlines may have changed since the last loop turn.
     dirty: HashSet<String>,
     last_reload: Option<ReloadRecord>,
+    /// Worker messages refused because of their sender.
+    rejected: Rejected,
     /// Lockfile and pidfile, held for the master's life.
     _files: startup::Files,
     /// The master's own systemd notifications (src/systemd/service.rs): the
@@ -182,6 +202,7 @@ impl Master {
     /// Take the lockfile, the control socket, every pool's sockets and the
     /// pidfile; register signal handlers. No worker is started yet.
     fn new(config: Config) -> Result<Master, MasterError> {
+        startup::raise_nofile();
         let lock = startup::Files::lock(config.master.lockfile.as_deref())?;
         let mut control = ControlServer::bind(&config.control.socket, config.control.mode)?;
         let mut pools = BTreeMap::new();
@@ -257,6 +278,7 @@ impl Master {
             dirty: HashSet::new(),
             spawn_queue: VecDeque::new(),
             last_reload: None,
+            rejected: Rejected::default(),
             _files: files,
             sd,
             sd_link,

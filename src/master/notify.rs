@@ -12,7 +12,7 @@ impl Master {
     /// The notify socket's address, binding it on first use.
     pub(super) fn worker_notify_address(&mut self) -> Option<String> {
         if self.notify_ack.is_none() {
-            match WorkerNotify::bind(self.control.path()) {
+            match WorkerNotify::bind(self.control.path(), self.config.control.mode) {
                 Ok(mut n) => match n.register(self.poll.registry(), Source::WorkerNotify.token()) {
                     Ok(()) => self.notify_ack = Some(n),
                     Err(e) => log::error!("worker notify socket: cannot register: {e}"),

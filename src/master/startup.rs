@@ -240,6 +240,30 @@ pub(super) fn set_process_name(name: &str) {
     }
 }
 
+/// Raise the soft limit on open files to the hard limit (at most 1 Mi): a
+/// master holding many sockets and clients should not hit an arbitrary 1,024.
+/// Workers inherit the raised limit (a pool can set its own).
+pub(super) fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit fill and read one struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = lim.rlim_max.min(1 << 20);
+        if lim.rlim_cur < want {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = want;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                log::debug!("open files limit raised from {old} to {want}");
+            }
+        }
+    }
+}
+
 /// `--subreaper`: orphaned descendants of workers are re-parented to us.
 pub(super) fn become_subreaper() {
     // SAFETY: prctl with integer arguments only.

@@ -40,6 +40,14 @@ impl Master {
                 }
             );
         }
+        if let Some((at, what, pid, why)) = self.rejected.recent.back() {
+            let _ = writeln!(
+                s,
+                "worker messages refused: {} (last {} ago: {what} for pid {pid}: {why})",
+                self.rejected.count,
+                ago(now.saturating_duration_since(*at))
+            );
+        }
         for name in names {
             let Some(e) = self.pools.get(name) else {
                 continue;
@@ -213,6 +221,15 @@ impl Master {
                 "config": self.config.source,
                 "shutting_down": self.is_shutting_down(),
                 "log_level": log::max_level().to_string(),
+                "rejected_worker_messages": {
+                    "count": self.rejected.count,
+                    "recent": self.rejected.recent.iter().map(|(at, what, pid, why)| json!({
+                        "command": what,
+                        "pid": pid,
+                        "why": why,
+                        "secs_ago": secs(now.saturating_duration_since(*at)),
+                    })).collect::<Vec<_>>(),
+                },
                 "last_reload": self.last_reload.as_ref().map(|r| json!({
                     "trigger": r.trigger,
                     "secs_ago": secs(now.saturating_duration_since(r.at)),

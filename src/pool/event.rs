@@ -34,6 +34,9 @@ pub enum PoolEvent {
         index: u32,
         version: u64,
         error: String,
+        /// The master's own failure (fds, processes): not counted against
+        /// the worker, retried shortly.
+        master_side: bool,
     },
     /// A worker is ready (`after`: since it was spawned).
     Acked {
@@ -183,7 +186,21 @@ impl fmt::Display for PoolEvent {
                 f,
                 "spawned worker pid {pid} (index {index}, version {version})"
             ),
-            PoolEvent::SpawnFailed { error, .. } => write!(f, "could not spawn worker: {error}"),
+            PoolEvent::SpawnFailed {
+                error,
+                master_side: false,
+                ..
+            } => write!(f, "could not spawn worker: {error}"),
+            PoolEvent::SpawnFailed {
+                error,
+                master_side: true,
+                ..
+            } => write!(
+                f,
+                "could not spawn worker: {error}; the master's own failure, not counted \
+                 against the worker: retrying in {:?}",
+                super::MASTER_RETRY
+            ),
             PoolEvent::Acked {
                 pid,
                 index,

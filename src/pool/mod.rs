@@ -199,6 +199,21 @@ impl Bucket {
     }
 }
 
+/// Why a spawn failed, as far as the pool is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpawnError {
+    /// The worker's program or settings are at fault (missing, not
+    /// executable, bad cwd): counted as a failure of its version.
+    Program(String),
+    /// The supervisor could not fork or set up the worker (out of file
+    /// descriptors or processes, out of memory): not the worker's fault, so
+    /// not counted; retried after [`MASTER_RETRY`].
+    Resources(String),
+}
+
+/// How long the pool waits before retrying a spawn the master itself failed.
+pub const MASTER_RETRY: Duration = Duration::from_secs(1);
+
 /// Errors from commands and worker messages addressed to a pool.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
@@ -229,6 +244,9 @@ pub struct Pool {
     last_upgrade: Option<UpgradeOutcome>,
     /// Consecutive deaths before ack (any ack resets it).
     failures: u32,
+    /// Replacements owed for acked workers that died: spawned even while a
+    /// backoff or a give-up holds other respawns back.
+    owed: usize,
     respawn_at: Option<Instant>,
     /// Backoff last reported in the log: a crash loop of many workers repeats
     /// the same capped delay once per death, which says nothing new.
@@ -260,6 +278,7 @@ impl Pool {
             upgrade: None,
             last_upgrade: None,
             failures: 0,
+            owed: 0,
             respawn_at: None,
             logged_backoff: None,
             gave_up: false,
@@ -348,7 +367,7 @@ impl Pool {
     pub fn spawned(
         &mut self,
         id: WorkerId,
-        result: Result<Pid, String>,
+        result: Result<Pid, SpawnError>,
         now: Instant,
     ) -> Vec<Action> {
         let mut out = Vec::new();
@@ -367,11 +386,13 @@ impl Pool {
                     return out;
                 }
                 w.pid = Some(pid);
-                let deadline = now
-                    + match w.spec.ack {
+                let deadline = later(
+                    now,
+                    match w.spec.ack {
                         AckMode::Timer => w.spec.ack_timer,
                         AckMode::Manual | AckMode::Notify => w.spec.ack_timeout,
-                    };
+                    },
+                );
                 w.state = WorkerState::Unacked { deadline };
                 self.by_pid.insert(pid, id);
                 self.timers.insert((deadline, TimerKey::Deadline(id)));
@@ -391,14 +412,29 @@ impl Pool {
                     );
                 }
             }
-            Err(e) => {
+            Err(SpawnError::Program(e)) => {
                 if let Some(w) = self.remove(id) {
                     self.emit(PoolEvent::SpawnFailed {
                         index: w.index,
                         version: w.version,
                         error: e.clone(),
+                        master_side: false,
                     });
                     self.count_failure(&w, &format!("could not spawn: {e}"), now, &mut out);
+                }
+            }
+            Err(SpawnError::Resources(e)) => {
+                if let Some(w) = self.remove(id) {
+                    self.emit(PoolEvent::SpawnFailed {
+                        index: w.index,
+                        version: w.version,
+                        error: e,
+                        master_side: true,
+                    });
+                    let retry = later(now, MASTER_RETRY);
+                    if self.respawn_at.is_none_or(|t| t < retry) {
+                        self.set_respawn_at(retry);
+                    }
                 }
             }
         }
@@ -480,9 +516,10 @@ impl Pool {
         let (Some(old), Some(every)) = (w.watchdog_at, w.spec.watchdog) else {
             return Ok(());
         };
-        w.watchdog_at = Some(now + every);
+        let at = later(now, every);
+        w.watchdog_at = Some(at);
         self.timers.remove(&(old, TimerKey::Watchdog(id)));
-        self.timers.insert((now + every, TimerKey::Watchdog(id)));
+        self.timers.insert((at, TimerKey::Watchdog(id)));
         Ok(())
     }
 
@@ -502,7 +539,7 @@ impl Pool {
         if let WorkerState::Unacked { deadline } = w.state {
             self.timers.remove(&(deadline, TimerKey::Deadline(id)));
         }
-        let kill_at = now + w.spec.stop_timeout;
+        let kill_at = later(now, w.spec.stop_timeout);
         self.timers.insert((kill_at, TimerKey::Deadline(id)));
         self.draining += 1;
         if let Some(wm) = self.workers.get_mut(&id) {
@@ -553,8 +590,13 @@ impl Pool {
                     self.count_failure(&w, &cause, now, &mut out);
                 }
             }
-            _ => {
-                let ever_acked = w.acked_at.is_some();
+            state => {
+                // A timer-acked worker whose ack timer had passed when it exited
+                // survived `ack_timer`: it counts as acked, even though its exit
+                // and its timer were handled in the same loop turn, exit first.
+                let survived_timer = w.spec.ack == AckMode::Timer
+                    && matches!(state, WorkerState::Unacked { deadline } if *deadline <= now);
+                let ever_acked = w.acked_at.is_some() || survived_timer;
                 let cause = format!(
                     "pid {pid} {how}{}",
                     if ever_acked { "" } else { " before it acked" }
@@ -574,8 +616,11 @@ impl Pool {
                     if in_upgrade {
                         self.count_failure(&w, &cause, now, &mut out);
                     } else {
-                        let at = now + w.spec.respawn_delay;
-                        self.set_respawn_at(at.max(self.respawn_at.unwrap_or(at)));
+                        // It served, so its version can start: replace it at
+                        // once. Backoff is for a version that cannot start; a
+                        // backoff (or give-up) held for other workers' crashes
+                        // does not hold this replacement back.
+                        self.owed = self.owed.saturating_add(1);
                     }
                 } else {
                     self.count_failure(&w, &cause, now, &mut out);
@@ -842,8 +887,9 @@ impl Pool {
         w.state = WorkerState::Acked { at: now };
         w.acked_at = Some(now);
         if let (AckMode::Notify, Some(every)) = (w.spec.ack, w.spec.watchdog) {
-            w.watchdog_at = Some(now + every);
-            self.timers.insert((now + every, TimerKey::Watchdog(id)));
+            let at = later(now, every);
+            w.watchdog_at = Some(at);
+            self.timers.insert((at, TimerKey::Watchdog(id)));
         }
         let (index, version, pid) = (w.index, w.version, w.pid.unwrap_or(0));
         let after = now.saturating_duration_since(w.spawned_at);
@@ -880,7 +926,7 @@ impl Pool {
     fn count_failure(&mut self, w: &Worker, cause: &str, now: Instant, out: &mut Vec<Action>) {
         self.failures = self.failures.saturating_add(1);
         let delay = backoff(w.spec.respawn_delay, self.failures);
-        self.set_respawn_at(now + delay);
+        self.set_respawn_at(later(now, delay));
         if let Some(up) = &mut self.upgrade {
             if w.version == self.target.0 {
                 up.failures += 1;
@@ -899,7 +945,7 @@ impl Pool {
         }
         if self.upgrade.is_none() {
             if let Some(r) = w.spec.retries {
-                if self.failures > r && !self.gave_up {
+                if self.failures >= r && !self.gave_up {
                     self.gave_up = true;
                     self.emit(PoolEvent::GaveUp {
                         failures: self.failures,
@@ -1088,7 +1134,7 @@ impl Pool {
         if let WorkerState::Unacked { deadline } = w.state {
             self.timers.remove(&(deadline, TimerKey::Deadline(id)));
         }
-        let kill_at = (signal != Signal::SIGKILL).then(|| now + w.spec.stop_timeout);
+        let kill_at = (signal != Signal::SIGKILL).then(|| later(now, w.spec.stop_timeout));
         if let Some(k) = kill_at {
             self.timers.insert((k, TimerKey::Deadline(id)));
         }
@@ -1157,8 +1203,16 @@ impl Pool {
             return;
         }
         if !self.spawn_allowed(now) {
-            return; // the Respawn timer wakes us up
+            // Replacements of acked workers are owed regardless; the rest wait
+            // for the Respawn timer.
+            let k = n.min(self.owed);
+            self.owed -= k;
+            for _ in 0..k {
+                self.spawn_one(now, out);
+            }
+            return;
         }
+        self.owed = 0;
         self.set_respawn_at_none();
         for _ in 0..n {
             self.spawn_one(now, out);
@@ -1179,6 +1233,9 @@ impl Pool {
         match self.upgrade.clone() {
             None => {
                 let live: usize = self.buckets.values().map(Bucket::len).sum();
+                if live >= count {
+                    self.owed = 0;
+                }
                 if live > count {
                     for id in self.pick(live - count, |_| true) {
                         self.retire(id, StopReason::ScaledDown, now, out);
@@ -1258,6 +1315,14 @@ impl Pool {
         };
         self.spawn_n(n, now, out);
     }
+}
+
+/// `now + d`, saturating: settings are bounded where they are parsed
+/// (`config::MAX_DURATION`), but a deadline must never be able to panic.
+pub fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(crate::config::MAX_DURATION))
+        .unwrap_or(now)
 }
 
 /// `base × 1.5^(failures-1)`, capped at [`MAX_RESPAWN_DELAY`].

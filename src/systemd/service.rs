@@ -211,7 +211,7 @@ impl Supervisor {
                 Some(at) if at > now => {}
                 _ => {
                     self.send("WATCHDOG=1".into());
-                    self.next_watchdog = Some(now + every / 2);
+                    self.next_watchdog = Some(now.checked_add(every / 2).unwrap_or(now));
                 }
             }
         }
@@ -273,8 +273,13 @@ pub fn watchdog_from(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<D
             return None;
         }
     }
-    // A floor: a tiny WATCHDOG_USEC must not turn every loop turn into a ping.
-    Some(Duration::from_micros(usec).max(Duration::from_millis(20)))
+    // A floor: a tiny WATCHDOG_USEC must not turn every loop turn into a ping;
+    // a ceiling: an absurd one must not overflow a deadline.
+    Some(
+        Duration::from_micros(usec)
+            .max(Duration::from_millis(20))
+            .min(Duration::from_secs(7 * 24 * 3600)),
+    )
 }
 
 /// CLOCK_MONOTONIC in microseconds, as systemd wants for MONOTONIC_USEC.

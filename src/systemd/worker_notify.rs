@@ -67,7 +67,9 @@ pub struct WorkerNotify {
 
 impl WorkerNotify {
     /// Bind next to the control socket (or in the abstract namespace).
-    pub fn bind(control: &Path) -> io::Result<WorkerNotify> {
+    /// The socket file is created with `mode` (the control socket's): the umask
+    /// is set for the bind, so it never exists with looser permissions.
+    pub fn bind(control: &Path, mode: u32) -> io::Result<WorkerNotify> {
         let mut p = control.as_os_str().to_owned();
         p.push(".notify");
         let path = PathBuf::from(p);
@@ -80,7 +82,11 @@ impl WorkerNotify {
             {
                 let _ = std::fs::remove_file(&path);
             }
-            let s = std::os::unix::net::UnixDatagram::bind(&path)?;
+            let mask = nix::sys::stat::Mode::from_bits_truncate(!mode & 0o777);
+            let old = nix::sys::stat::umask(mask);
+            let s = std::os::unix::net::UnixDatagram::bind(&path);
+            nix::sys::stat::umask(old);
+            let s = s?;
             (s, path.to_string_lossy().into_owned(), Some(path))
         } else {
             let name = format!("einhyrningsins-{}-notify", std::process::id());
@@ -201,8 +207,22 @@ mod tests {
     #[test]
     fn credentials_carry_the_senders_pid() -> io::Result<()> {
         let dir = crate::testutil::TempDir::new("nack");
-        let mut n = WorkerNotify::bind(&dir.join("ctl.sock"))?;
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let n = WorkerNotify::bind(&dir.join("ctl.sock"), 0o600);
+        nix::sys::stat::umask(old);
+        let mut n = n?;
         assert!(n.address().ends_with("ctl.sock.notify"));
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("ctl.sock.notify"))?
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o777,
+                0o600,
+                "created with its final mode under umask 000"
+            );
+        }
         let poll = mio::Poll::new()?;
         n.register(poll.registry(), TOKEN)?;
         crate::systemd::service::Notifier::to(n.address())?.send("READY=1\nSTATUS=hi")?;
@@ -222,7 +242,7 @@ mod tests {
     #[test]
     fn a_flood_is_read_in_bounded_batches_and_reported_again() -> io::Result<()> {
         let dir = crate::testutil::TempDir::new("nflood");
-        let mut n = WorkerNotify::bind(&dir.join("ctl.sock"))?;
+        let mut n = WorkerNotify::bind(&dir.join("ctl.sock"), 0o600)?;
         let mut poll = mio::Poll::new()?;
         n.register(poll.registry(), TOKEN)?;
         let tx = crate::systemd::service::Notifier::to(n.address())?;

@@ -770,7 +770,8 @@ impl<K: Ord + Clone> Debouncer<K> {
 
     /// An event for `key` at `now`: its deadline becomes `now + delay`.
     pub fn event(&mut self, key: K, now: Instant) {
-        self.deadlines.insert(key, now + self.delay);
+        let at = now.checked_add(self.delay).unwrap_or(now);
+        self.deadlines.insert(key, at);
     }
 
     /// The earliest pending deadline: arm the loop's timer for it.

@@ -187,7 +187,8 @@ impl Conn {
     ) -> Result<Outcome, CtlError> {
         let line = protocol::encode_request(req);
         let id = req.id.as_ref().and_then(Value::as_u64).unwrap_or(0);
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A deadline past what an Instant can hold is no deadline at all.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         // A master that refuses us (SO_PEERCRED) answers and hangs up at once,
         // usually before our request is written: its answer is still readable,
         // and says far more than "broken pipe".

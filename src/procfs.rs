@@ -1,0 +1,58 @@
+//! What the master reads about processes from /proc: parents (to tell whether a
+//! control client is a worker or one of its descendants), and later memory and
+//! CPU. Every read is of one small file; a process that is gone reads as
+//! nothing.
+
+use std::fs;
+
+/// Parent pid of `pid` (/proc/PID/stat field 4), or `None` if it is gone.
+pub fn parent(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the fields
+    // that follow start after its last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `pid`'s ancestors, nearest first, up to (not including) pid 1 or `stop`,
+/// at most `max` of them. Empty if `pid` is gone.
+pub fn ancestors(pid: i32, stop: i32, max: usize) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut cur = pid;
+    while out.len() < max {
+        match parent(cur) {
+            Some(p) if p > 1 && p != stop => {
+                out.push(p);
+                cur = p;
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Whether `pid` exists (a zombie counts: it still has its /proc entry).
+pub fn exists(pid: i32) -> bool {
+    fs::metadata(format!("/proc/{pid}")).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_ancestry_is_read_and_a_gone_pid_has_none() {
+        let me = std::process::id() as i32;
+        let ppid = nix::unistd::getppid().as_raw();
+        assert_eq!(parent(me), Some(ppid));
+        let chain = ancestors(me, 0, 64);
+        if ppid > 1 {
+            assert_eq!(chain.first(), Some(&ppid));
+        }
+        assert!(!chain.contains(&1));
+        assert!(exists(me));
+        // Pids are at most 2^22 on Linux.
+        assert_eq!(parent(i32::MAX), None);
+        assert!(ancestors(i32::MAX, 0, 64).is_empty());
+    }
+}
