@@ -173,6 +173,8 @@ struct Master {
     timers: TimerQueue<Deadline>,
     watcher: Option<FileWatcher<WatchOwner>>,
     debounce: Debouncer<WatchOwner>,
+    /// Watched files a writer still has open: their change waits for the close.
+    held: HashSet<WatchOwner>,
     started: Instant,
     pid: Pid,
     phase: Phase,
@@ -270,6 +272,7 @@ impl Master {
             timers: TimerQueue::new(),
             watcher: None,
             debounce: Debouncer::new(crate::config::DEFAULT_DEBOUNCE),
+            held: HashSet::new(),
             started: Instant::now(),
             pid: std::process::id() as Pid,
             phase: Phase::default(),

@@ -82,7 +82,25 @@ impl Master {
         }
         let now = Instant::now();
         for change in report.changed {
+            if change.writing {
+                // Written in place and not closed yet: what is on disk may be a
+                // prefix (a config with half its pools, a truncated binary).
+                // Hold the change until the writer closes the file.
+                for owner in change.owners {
+                    if self.held.insert(owner.clone()) {
+                        log::info!(
+                            "watch: {} is being written; waiting for the writer to close it before acting",
+                            change.path.display()
+                        );
+                    }
+                    self.debounce.cancel(&owner);
+                }
+                continue;
+            }
             for owner in change.owners {
+                if self.held.remove(&owner) {
+                    log::info!("watch: {} was closed by its writer", change.path.display());
+                }
                 let what = match &owner {
                     WatchOwner::Config => "the configuration will be reloaded".to_string(),
                     WatchOwner::Pool(p) => format!("pool {p} will roll"),

@@ -45,14 +45,14 @@
 //! between `fork` and `exec` only async-signal-safe calls are allowed. The inotify
 //! and epoll descriptors notify opens are close-on-exec.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
@@ -122,6 +122,46 @@ pub enum WatchProblem {
 pub struct Changed<O> {
     pub path: PathBuf,
     pub owners: Vec<O>,
+    /// A writer has the file open and has not closed it yet (written in place,
+    /// no IN_CLOSE_WRITE seen): what is on disk may be a prefix. Act on the
+    /// change only once a later report says the writer is done.
+    pub writing: bool,
+}
+
+/// What the watcher thread may wake the loop for: events naming a dependency
+/// of a wanted file, a watched directory itself, or an entry of a wanted
+/// directory. Everything else in a watched directory (every program started
+/// from /usr/bin, every sibling file) is dropped in the thread.
+#[derive(Debug, Default)]
+struct Interest {
+    deps: HashSet<PathBuf>,
+    dirs: HashSet<PathBuf>,
+    contents: HashSet<PathBuf>,
+}
+
+impl Interest {
+    fn wants(&self, p: &Path) -> bool {
+        self.deps.contains(p)
+            || self.dirs.contains(p)
+            || p.parent().is_some_and(|d| self.contents.contains(d))
+    }
+}
+
+/// Does the watcher thread forward this event to the loop?
+fn forward(res: &notify::Result<Event>, interest: &Mutex<Interest>) -> bool {
+    let Ok(ev) = res else {
+        return true; // errors: the loop rechecks everything
+    };
+    if ev.need_rescan() {
+        return true;
+    }
+    if harmless(&ev.kind) {
+        return false;
+    }
+    match interest.lock() {
+        Ok(i) => ev.paths.iter().any(|p| i.wants(p)),
+        Err(_) => true,
+    }
 }
 
 /// What [`FileWatcher::take_events`] found.
@@ -382,6 +422,10 @@ pub struct FileWatcher<O> {
     by_dir: HashMap<PathBuf, BTreeSet<PathBuf>>,
     /// Wanted directory (resolved) -> wanted paths naming it.
     by_contents: HashMap<PathBuf, BTreeSet<PathBuf>>,
+    /// What the thread forwards (kept in step with the indexes above).
+    interest: Arc<Mutex<Interest>>,
+    /// Wanted files a writer has open (written in place, not closed yet).
+    writing: BTreeSet<PathBuf>,
 }
 
 impl<O> std::fmt::Debug for FileWatcher<O> {
@@ -398,7 +442,14 @@ impl<O: Clone + Ord> FileWatcher<O> {
     /// and wakes the loop through `waker`.
     pub fn new(waker: Arc<mio::Waker>) -> Result<FileWatcher<O>, WatchError> {
         let (tx, rx) = mpsc::channel();
+        let interest = Arc::new(Mutex::new(Interest::default()));
+        let filter = Arc::clone(&interest);
         let handler = move |res: notify::Result<Event>| {
+            // Only what concerns a wanted file wakes the loop: an idle master
+            // stays asleep while programs run from the directories it watches.
+            if !forward(&res, &filter) {
+                return;
+            }
             // The receiver is gone only when the FileWatcher is being dropped.
             let _ = tx.send(res);
             let _ = waker.wake();
@@ -421,6 +472,8 @@ impl<O: Clone + Ord> FileWatcher<O> {
             by_dep: HashMap::new(),
             by_dir: HashMap::new(),
             by_contents: HashMap::new(),
+            interest,
+            writing: BTreeSet::new(),
         })
     }
 
@@ -539,18 +592,39 @@ impl<O: Clone + Ord> FileWatcher<O> {
             let print = fingerprint(&w.chain);
             if print != w.print || written.contains(&path) {
                 w.print = print;
+                let writing = self.writing.contains(&path);
                 changed.push(Changed {
                     path,
                     owners: w.owners.clone(),
+                    writing,
                 });
             }
         }
         WatchReport { changed, problems }
     }
 
+    /// Follow whether a writer has `wanted` open: writing in place opens it
+    /// (IN_CREATE, IN_MODIFY) and ends with IN_CLOSE_WRITE; a rename onto the
+    /// name or a removal is complete at once.
+    fn note_writer(writing: &mut BTreeSet<PathBuf>, wanted: &Path, kind: &EventKind) {
+        match kind {
+            EventKind::Create(_)
+            | EventKind::Modify(ModifyKind::Data(_))
+            | EventKind::Modify(ModifyKind::Any) => {
+                writing.insert(wanted.to_path_buf());
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(_))
+            | EventKind::Remove(_) => {
+                writing.remove(wanted);
+            }
+            _ => {}
+        }
+    }
+
     /// Which wanted files one event path concerns.
     fn route(
-        &self,
+        &mut self,
         p: &Path,
         kind: &EventKind,
         candidates: &mut BTreeSet<PathBuf>,
@@ -567,6 +641,9 @@ impl<O: Clone + Ord> FileWatcher<O> {
                     .is_some_and(|t| t == p);
                 if is_target && writes(kind) {
                     written.insert(w.clone());
+                }
+                if is_target {
+                    Self::note_writer(&mut self.writing, w, kind);
                 }
             }
         }
@@ -642,6 +719,12 @@ impl<O: Clone + Ord> FileWatcher<O> {
                     .or_default()
                     .insert(path.clone());
             }
+        }
+        self.writing.retain(|p| self.files.contains_key(p));
+        if let Ok(mut i) = self.interest.lock() {
+            i.deps = self.by_dep.keys().cloned().collect();
+            i.dirs = self.by_dir.keys().cloned().collect();
+            i.contents = self.by_contents.keys().cloned().collect();
         }
     }
 

@@ -695,3 +695,99 @@ fn debounce_cancel_and_delay_change() {
     d.event("web", t);
     assert_eq!(d.due(t + 50 * MS), vec!["web"]);
 }
+
+/// Programs started from a watched directory (the parent of a pool's binary,
+/// e.g. /usr/bin) open their files there: none of that may wake the loop.
+#[test]
+fn opening_and_reading_siblings_never_wakes_the_loop() {
+    let d = TempDir::new("opens");
+    let app = d.join("app");
+    let sibling = d.join("other-program");
+    write(&app, "v1");
+    write(&sibling, "x");
+    let mut rig = Rig::new();
+    assert!(rig.set(&[(&app, "web")]).is_empty());
+    for _ in 0..200 {
+        // open + read + close(nowrite) of a sibling, and of the wanted file.
+        let _ = fs::read(&sibling).unwrap();
+        let _ = fs::read(&app).unwrap();
+    }
+    // Writing a sibling is not about a wanted file either.
+    write(&sibling, "y");
+    match rig
+        .poll
+        .poll(&mut rig.events, Some(Duration::from_millis(300)))
+    {
+        Ok(()) => {}
+        Err(e) => panic!("poll: {e}"),
+    }
+    assert!(
+        !rig.events.iter().any(|e| e.token() == WAKE),
+        "the loop was woken by opens, reads or a sibling's write"
+    );
+    // The watcher is live: a real change does wake it.
+    set_mtime(&app, 2_000_000);
+    rig.wait_for(&app);
+}
+
+/// A file written in place is reported as being written until its writer
+/// closes it: what is on disk meanwhile may be a prefix.
+#[test]
+fn a_file_written_in_place_is_held_until_its_writer_closes_it() {
+    let d = TempDir::new("inplace");
+    let cfg = d.join("app.toml");
+    write(&cfg, "[pools.web]\n");
+    let mut rig = Rig::new();
+    assert!(rig.set(&[(&cfg, "config")]).is_empty());
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&cfg)
+        .unwrap();
+    f.write_all(b"[pools.web]\ncommand = [").unwrap();
+    f.flush().unwrap();
+    // The change is seen, flagged as still being written.
+    let deadline = Instant::now() + PATIENCE;
+    let mut writing_seen = false;
+    while !writing_seen {
+        assert!(Instant::now() < deadline, "no report while writing");
+        rig.poll.poll(&mut rig.events, Some(PATIENCE)).unwrap();
+        if rig.events.iter().any(|e| e.token() == WAKE) {
+            let r = rig.fw.take_events();
+            for c in r.changed {
+                assert!(c.writing, "reported complete before the close: {c:?}");
+                writing_seen = true;
+            }
+        }
+    }
+    f.write_all(b"\"./w\"]\n").unwrap();
+    drop(f);
+    // After the close: reported complete.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert!(Instant::now() < deadline, "no report after the close");
+        rig.poll.poll(&mut rig.events, Some(PATIENCE)).unwrap();
+        if rig.events.iter().any(|e| e.token() == WAKE) {
+            let r = rig.fw.take_events();
+            if r.changed.iter().any(|c| c.path == cfg && !c.writing) {
+                break;
+            }
+        }
+    }
+    // A rename onto the name is complete at once.
+    let tmp = d.join(".app.toml.tmp");
+    write(&tmp, "[pools.api]\n");
+    fs::rename(&tmp, &cfg).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert!(Instant::now() < deadline, "no report after the rename");
+        rig.poll.poll(&mut rig.events, Some(PATIENCE)).unwrap();
+        if rig.events.iter().any(|e| e.token() == WAKE) {
+            let r = rig.fw.take_events();
+            if let Some(c) = r.changed.iter().find(|c| c.path == cfg) {
+                assert!(!c.writing, "{c:?}");
+                break;
+            }
+        }
+    }
+}
