@@ -11,8 +11,11 @@ API is four things, each marked "CHILD API" below:
    {"command":"worker:ack","pid":<pid>}, on the fd in EINHORN_SOCK_FD if set,
    else by connecting to EINHORN_SOCK_PATH. (Only needed with `ack = "manual"`;
    in timer mode staying alive is enough, and acking anyway is harmless.)
-3. Stopping: on SIGUSR2 (also SIGTERM, SIGINT) stop accepting, finish the
-   requests in flight, close idle connections, exit 0.
+3. Stopping: on SIGUSR2 (also SIGTERM, SIGINT) stop accepting, answer every
+   request already sent (with "Connection: close"), close connections that stay
+   idle for a short grace, exit 0. A request racing the close of an idle
+   keep-alive connection, or sent on a connection accepted just before the
+   drain, is still answered: none is dropped.
 4. Identity: EINHORN_CHILD_INDEX is this worker's slot in its pool.
 
 Answers: any path -> "pid=<pid> index=<slot> pool=<WORKER_POOL> version=<WORKER_VERSION>",
@@ -20,9 +23,11 @@ Answers: any path -> "pid=<pid> index=<slot> pool=<WORKER_POOL> version=<WORKER_
 /stats -> "sleeping=<requests in /sleep> served=<responses>".
 """
 
+import faulthandler
 import http.server
 import json
 import os
+import select
 import signal
 import socket
 import socketserver
@@ -40,9 +45,23 @@ BODY = "pid={} index={} pool={} version={}\n".format(
 )
 
 lock = threading.Lock()  # guards the three below
-draining = False
-connections = set()  # live handlers, to close the idle ones on drain
+draining = None  # time.monotonic() when the drain began
+connections = set()  # live handlers
 stats = {"sleeping": 0, "served": 0}
+
+# While draining, a connection that has been answered at least once and stays
+# idle this long is closed; one accepted but not yet heard from gets NEW_GRACE
+# to send its first request (it was accepted before the drain: its client is
+# waiting for an answer, not a reset).
+IDLE_GRACE = 0.1
+NEW_GRACE = 1.0
+# A drain that takes longer than this (a client that never finishes its
+# request) is cut short: the worker says so, shows where each thread is, and
+# exits, well before the master's stop_timeout would SIGKILL it.
+DRAIN_LIMIT = float(os.environ.get("WORKER_DRAIN_LIMIT", "20"))
+
+# Written once when the drain begins: wakes every idle connection's poll.
+DRAIN_R, DRAIN_W = os.pipe()
 
 
 def log(msg):
@@ -86,7 +105,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
-        self.busy = False
+        self.answered = 0
         with lock:
             connections.add(self)
 
@@ -95,19 +114,50 @@ class Handler(http.server.BaseHTTPRequestHandler):
             connections.discard(self)
         super().finish()
 
-    def handle_one_request(self):
-        # Between requests this connection is idle: the drain may close it.
-        with lock:
-            if draining:
-                self.close_connection = True
-                return
-            self.busy = False
-        super().handle_one_request()
+    def wait_for_request(self):
+        """Wait until the client sends something; False once the drain says
+        this idle connection may close (never before its grace is over)."""
+        while True:
+            with lock:
+                began = draining
+            p = select.poll()
+            p.register(self.connection, select.POLLIN)
+            if began is None:
+                # Sleep until the client speaks or the drain begins: no
+                # polling loop while serving.
+                p.register(DRAIN_R, select.POLLIN)
+                timeout = None
+            else:
+                grace = IDLE_GRACE if self.answered else NEW_GRACE
+                left = began + grace - time.monotonic()
+                if left <= 0:
+                    return False
+                timeout = left * 1000
+            try:
+                ready = p.poll(timeout)
+            except (OSError, ValueError):
+                return False
+            if any(fd == self.connection.fileno() for fd, _ in ready):
+                return True
 
-    def parse_request(self):
-        with lock:  # a request has arrived: in flight until answered
-            self.busy = True
-        return super().parse_request()
+    def buffered(self):
+        """Bytes of a next request already read into rfile (pipelining):
+        select() on the socket would not see them."""
+        try:
+            self.connection.setblocking(False)
+            try:
+                return len(self.rfile.peek(1))
+            finally:
+                self.connection.setblocking(True)
+        except (OSError, ValueError):
+            return 0
+
+    def handle_one_request(self):
+        if not self.buffered() and not self.wait_for_request():
+            self.close_connection = True
+            return
+        super().handle_one_request()
+        self.answered += 1
 
     def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
@@ -134,7 +184,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         with lock:
             stats["served"] += 1
-            if draining:  # CHILD API (3): in-flight requests end the connection
+            if draining is not None:  # CHILD API (3): in-flight requests end the connection
                 self.close_connection = True
                 self.send_header("Connection", "close")
         self.end_headers()
@@ -154,22 +204,16 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
 
 def drain(servers):
-    """CHILD API (3): stop accepting, close idle connections, finish the rest."""
+    """CHILD API (3): stop accepting, answer what was sent, close the idle."""
     global draining
     with lock:
-        draining = True  # from now on every response says Connection: close
+        # From now on every response says Connection: close, and idle
+        # connections close once their grace is over (see wait_for_request).
+        draining = time.monotonic()
+    os.write(DRAIN_W, b"x")  # never read: every poll on DRAIN_R sees it
     for server in servers:
-        server.shutdown()  # stops the accept loop
+        server.shutdown()  # stops the accept loop: no new connection is taken
         server.socket.close()  # our copy of the fd; the master keeps the socket
-    with lock:
-        for handler in connections:
-            if not handler.busy:
-                # SHUT_RD wakes the thread blocked reading the next request; it
-                # sees EOF and closes the connection (a FIN, not a reset).
-                try:
-                    handler.connection.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass
     for server in servers:
         server.server_close()  # joins the handler threads
 
@@ -191,8 +235,19 @@ def main():
     log("serving fds={}".format([s.socket.fileno() for s in servers]))
     ack()
 
-    stop.wait()
+    # With a timeout: a signal may be delivered to any thread, and an untimed
+    # wait of the main thread is then never interrupted to run the handler.
+    while not stop.wait(0.2):
+        pass
     log("stopping on {}: draining".format(signals.get("first")))
+
+    def cut_short():
+        time.sleep(DRAIN_LIMIT)
+        log("drain not done after {}s; exiting anyway. Threads:".format(DRAIN_LIMIT))
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(1)
+
+    threading.Thread(target=cut_short, daemon=True).start()
     drain(servers)
     log("drained, exiting 0")
     return 0
