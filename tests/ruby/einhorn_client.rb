@@ -1,7 +1,8 @@
 # A control client that frames messages exactly as einhorn's Ruby transport does:
 # Psych's YAML.dump of a hash, "%" -> "%25" and "\n" -> "%0A", one line each; and
-# reads replies the same way back. Used by tests/ruby_client.rs to prove that
-# einhorn's own client code and einhornsh can talk to einhyrningsins.
+# reads replies the same way back. Used by tests/integration/einhorn_wire_ruby.rs
+# to prove that einhorn's own client code and einhornsh can talk to
+# einhyrningsins.
 #
 # usage: ruby einhorn_client.rb SOCKET COMMAND [ARGS...]
 #   COMMAND "worker:ack" takes the pid as its argument.

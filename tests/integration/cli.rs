@@ -2,11 +2,9 @@
 //! `--version` succeed and say what they must, usage errors exit 2 with a message
 //! naming the offending flag, and none of these starts anything.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -96,7 +94,7 @@ fn flag_errors_exit_2_naming_the_problem() {
 fn a_missing_program_is_not_a_usage_error_but_a_logged_spawn_failure() {
     // The command line is valid; the master starts, says why the spawn failed
     // (naming the program), and with `-r 0` gives up instead of retrying forever.
-    let mut m = Master::with_args("nobin", &["-r", "0", "--", "/nonexistent/ehy-worker"]);
+    let m = MasterBuilder::cli(&["-r", "0", "--", "/nonexistent/ehy-worker"]).start();
     m.wait_log("could not spawn worker", T);
     let log = m.wait_log("giving up", T);
     assert!(log.contains("/nonexistent/ehy-worker"), "{log}");

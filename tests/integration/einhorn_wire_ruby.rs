@@ -2,15 +2,11 @@
 //! ehlo, status (a multi-line reply), a streamed upgrade, an error, worker:ack.
 //! Skipped with a note when `ruby` is not installed (.ci/run installs it).
 
-mod common;
-
-use std::process::Command;
-
-use common::*;
+use crate::support::*;
 
 fn ruby(sock: &std::path::Path, args: &[&str]) -> Option<String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ruby/einhorn_client.rb");
-    let out = Command::new("ruby")
+    let out = Proc::new("ruby")
         .arg(script)
         .arg(sock)
         .args(args)
@@ -26,12 +22,11 @@ fn ruby(sock: &std::path::Path, args: &[&str]) -> Option<String> {
 
 #[test]
 fn einhorns_ruby_transport_talks_to_the_master() {
-    if Command::new("ruby").arg("-v").output().is_err() {
+    if Proc::new("ruby").arg("-v").output().is_err() {
         eprintln!("note: ruby not installed; skipping the Ruby interop test");
         return;
     }
-    let mut m = Master::with_config(
-        "ruby",
+    let m = MasterBuilder::config(
         r#"
 [control]
 socket = "{sock}"
@@ -46,7 +41,8 @@ command = ["{worker}", "--no-ack"]
 count = 2
 ack_timer = "50ms"
 "#,
-    );
+    )
+    .start();
     let ehlo = ruby(&m.sock, &["ehlo"]).unwrap_or_default();
     assert!(ehlo.starts_with("final: Hello"), "{ehlo}");
 
