@@ -221,10 +221,25 @@ fn every_command_through_the_client_against_two_pools() {
     // of it, and is replaced; the web pool is not touched.
     let web_before = m.pids("web", "acked");
     ctl_ok(&m, &["--pool", "api", "signal", "USR1"]);
-    m.wait_log(&format!("worker pid {} ", api[0]), Duration::from_secs(20));
-    m.wait_log("killed by SIGUSR1", Duration::from_secs(20));
-    let api2 = m.wait_acked("api", 1);
+    let api2 = m.wait_state("a new api worker", Duration::from_secs(30), |st| {
+        let ws = workers(st, "api");
+        let acked: Vec<i32> = ws
+            .iter()
+            .filter(|w| w["state"] == "acked")
+            .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
+            .collect();
+        (ws.len() == 1 && acked.len() == 1 && acked != api).then_some(acked)
+    });
     assert_ne!(api2, api, "the api worker should have died of USR1");
+    assert!(!alive(api[0]));
+    // What it died of: only the log says.
+    let log = m.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("worker pid {} ", api[0]))
+                && l.contains("killed by SIGUSR1")),
+        "{log}"
+    );
     assert_eq!(m.pids("web", "acked"), web_before);
 
     // upgrade (every pool): streamed progress, then done; every worker is new.
@@ -275,11 +290,14 @@ fn every_command_through_the_client_against_two_pools() {
         "{}",
         m.log_text()
     );
+    // The master is gone: the workers' own log lines (written before they
+    // exited, and the master waited for that) say which signal they got.
+    let log = m.log_text();
     for pid in pids {
         assert!(!alive(pid), "worker {pid} outlived the master");
-        m.wait_log(
-            &format!("pid={pid} stopping on SIGUSR2"),
-            Duration::from_secs(20),
+        assert!(
+            log.contains(&format!("pid={pid} stopping on SIGUSR2")),
+            "{log}"
         );
     }
     assert!(
@@ -418,11 +436,12 @@ fn einhorn_yaml_requests_get_yaml_replies() {
         "{}",
         m.log_text()
     );
+    let log = m.log_text();
     for pid in pids {
         assert!(!alive(pid), "worker {pid} outlived the master");
-        m.wait_log(
-            &format!("pid={pid} stopping on SIGTERM"),
-            Duration::from_secs(20),
+        assert!(
+            log.contains(&format!("pid={pid} stopping on SIGTERM")),
+            "{log}"
         );
     }
 }
@@ -531,6 +550,8 @@ ack = "manual"
         assert_eq!(lossy(&read_to_eof(&mut s)), "");
         assert_serving(&m, &format!("worker:ack for pid {pid}"));
     }
+    // Nothing was acked; the operator is told about the stray ack.
+    assert_eq!(m.state()["pools"]["web"]["acked"], 1);
     m.wait_log("pid 999999 is not a worker", Duration::from_secs(20));
 
     // A client that asks for an upgrade and hangs up at once: the upgrade still

@@ -19,9 +19,15 @@ retries = 3
 "#,
     )
     .start();
-    let log = m.wait_log(
-        "pool crash: giving up after 4 consecutive failed spawns (retries = 3)",
-        Duration::from_secs(20),
+    m.wait_state("pool crash to give up", Duration::from_secs(20), |st| {
+        (st["pools"]["crash"]["gave_up"] == true).then_some(())
+    });
+    // The history of the backoff is only in the log, and so is the operator's
+    // warning that the pool gave up.
+    let log = m.log_text();
+    assert!(
+        log.contains("pool crash: giving up after 4 consecutive failed spawns (retries = 3)"),
+        "{log}"
     );
     for (delay, n) in [("200.0ms", 1), ("300.0ms", 2), ("450.0ms", 3)] {
         assert!(

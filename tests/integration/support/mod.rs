@@ -26,7 +26,7 @@ pub use master::{
 pub use procs::{alive, environ, run_to_exit, wait_all_dead, Proc, Running};
 pub use state::{all_pids, messages, request_at, state_at, versions, workers};
 pub use tempdir::TempDir;
-pub use wait::{poll_until, wait_for};
+pub use wait::{holds_for, poll_until, wait_for};
 pub use wire::{
     connect, exchange, json_reply, lossy, read_raw_line, read_to_eof, read_until_hangup, yaml_reply,
 };

@@ -111,6 +111,11 @@ impl Master {
         serde_json::from_str(&msg).expect("state is JSON")
     }
 
+    /// One pool of the `state` dump.
+    pub fn pool(&self, pool: &str) -> Value {
+        self.state()["pools"][pool].clone()
+    }
+
     /// Pids of a pool's workers in a given state ("acked", "unacked", "draining").
     pub fn pids(&self, pool: &str, state: &str) -> Vec<i32> {
         let st = self.state();
@@ -143,6 +148,20 @@ impl Master {
                     .collect();
                 (acked.len() == n && ws.len() == n).then_some(acked)
             },
+        )
+    }
+
+    /// Wait until `state` satisfies `f`; what `f` returned.
+    pub fn wait_state<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&Value) -> Option<T>,
+    ) -> T {
+        wait_for(
+            format!("{what} in state (log: {})", self.log.display()),
+            timeout,
+            || f(&self.state()),
         )
     }
 

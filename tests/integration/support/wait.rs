@@ -28,3 +28,16 @@ pub fn wait_for<T>(what: impl Display, timeout: Duration, f: impl FnMut() -> Opt
     poll_until(timeout, f)
         .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
+
+/// The negative of [`wait_for`]: `check` must hold at every poll during the
+/// whole `window` (the last poll is at its end); panics with the first failure.
+/// For "nothing happens" assertions, which can only be made over some time.
+pub fn holds_for(
+    what: impl Display,
+    window: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) {
+    if let Some(why) = poll_until(window, || check().err()) {
+        panic!("{what} stopped holding: {why}");
+    }
+}
