@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::master::Master;
 
+/// A raw connection to the master's control socket (reads time out after 20 s).
 pub fn connect(m: &Master) -> UnixStream {
     let s = UnixStream::connect(&m.sock).expect("connect control socket");
     s.set_read_timeout(Some(Duration::from_secs(20))).ok();
