@@ -622,9 +622,3 @@ fn env_cannot_override_the_child_api() {
     );
     assert!(ok.is_ok(), "{ok:?}");
 }
-
-#[test]
-fn retries_zero_is_refused() {
-    let errs = errors_of("[pools.web]\ncommand = [\"./w\"]\nretries = 0\n");
-    assert!(errs.iter().any(|e| e.key == "pools.web.retries"), "{errs:?}");
-}

@@ -134,12 +134,6 @@ impl Config {
                     );
                 }
             }
-            if pool.retries == Some(0) {
-                err(
-                    format!("{p}.retries"),
-                    "must be at least 1 (leave it out to retry forever)".into(),
-                );
-            }
             for (k, v) in &pool.env {
                 if k.is_empty() || k.contains('=') || k.contains('\0') {
                     err(

@@ -173,8 +173,9 @@ struct Master {
     timers: TimerQueue<Deadline>,
     watcher: Option<FileWatcher<WatchOwner>>,
     debounce: Debouncer<WatchOwner>,
-    /// Watched files a writer still has open: their change waits for the close.
-    held: HashSet<WatchOwner>,
+    /// Watched files a writer still has open: their change waits for the close
+    /// (the path, and whether the log said so already).
+    held: HashMap<WatchOwner, (std::path::PathBuf, bool)>,
     started: Instant,
     pid: Pid,
     phase: Phase,
@@ -272,7 +273,7 @@ impl Master {
             timers: TimerQueue::new(),
             watcher: None,
             debounce: Debouncer::new(crate::config::DEFAULT_DEBOUNCE),
-            held: HashSet::new(),
+            held: HashMap::new(),
             started: Instant::now(),
             pid: std::process::id() as Pid,
             phase: Phase::default(),

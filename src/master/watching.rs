@@ -82,24 +82,19 @@ impl Master {
         }
         let now = Instant::now();
         for change in report.changed {
-            if change.writing {
-                // Written in place and not closed yet: what is on disk may be a
-                // prefix (a config with half its pools, a truncated binary).
-                // Hold the change until the writer closes the file.
-                for owner in change.owners {
-                    if self.held.insert(owner.clone()) {
-                        log::info!(
-                            "watch: {} is being written; waiting for the writer to close it before acting",
-                            change.path.display()
-                        );
-                    }
-                    self.debounce.cancel(&owner);
-                }
-                continue;
-            }
             for owner in change.owners {
-                if self.held.remove(&owner) {
-                    log::info!("watch: {} was closed by its writer", change.path.display());
+                if change.writing {
+                    // Written in place and not closed yet: what is on disk may
+                    // be a prefix (a config with half its pools, a truncated
+                    // binary). The debounce runs, but nothing is done until the
+                    // writer closes the file (see on_debounced).
+                    log::debug!("watch: {} is being written", change.path.display());
+                    self.held
+                        .insert(owner.clone(), (change.path.clone(), false));
+                } else if let Some((path, told)) = self.held.remove(&owner) {
+                    if told {
+                        log::info!("watch: {} was closed by its writer", path.display());
+                    }
                 }
                 let what = match &owner {
                     WatchOwner::Config => "the configuration will be reloaded".to_string(),
@@ -139,12 +134,26 @@ impl Master {
         let due = self.debounce.due(now);
         // Reload first: it may roll pools itself, which then need no second roll.
         let mut rolled = Vec::new();
-        if due.contains(&WatchOwner::Config) {
+        if due.contains(&WatchOwner::Config) && !self.held.contains_key(&WatchOwner::Config) {
             if let Ok(r) = self.reload("config file changed") {
                 rolled = r.rolled;
             }
         }
         for owner in due {
+            if let Some((path, told)) = self.held.get_mut(&owner) {
+                if !*told {
+                    *told = true;
+                    log::info!(
+                        "watch: waiting for the writer of {} to close it before {}",
+                        path.display(),
+                        match &owner {
+                            WatchOwner::Config => "reloading the configuration".to_string(),
+                            WatchOwner::Pool(p) => format!("rolling pool {p}"),
+                        }
+                    );
+                }
+                continue;
+            }
             let WatchOwner::Pool(name) = owner else {
                 continue;
             };

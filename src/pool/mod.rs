@@ -945,7 +945,9 @@ impl Pool {
         }
         if self.upgrade.is_none() {
             if let Some(r) = w.spec.retries {
-                if self.failures >= r && !self.gave_up {
+                // `retries = N`: N failed attempts, then give up (0 reads as
+                // 1, as `-r 0` did: no second attempt).
+                if self.failures >= r.max(1) && !self.gave_up {
                     self.gave_up = true;
                     self.emit(PoolEvent::GaveUp {
                         failures: self.failures,

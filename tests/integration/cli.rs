@@ -2,13 +2,9 @@
 //! `--version` succeed and say what they must, usage errors exit 2 with a message
 //! naming the offending flag, and none of these starts anything.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -98,9 +94,14 @@ fn flag_errors_exit_2_naming_the_problem() {
 fn a_missing_program_is_not_a_usage_error_but_a_logged_spawn_failure() {
     // The command line is valid; the master starts, says why the spawn failed
     // (naming the program), and with `-r 0` gives up instead of retrying forever.
-    let mut m = Master::with_args("nobin", &["-r", "0", "--", "/nonexistent/ehy-worker"]);
-    m.wait_log("could not spawn worker", T);
-    let log = m.wait_log("giving up", T);
+    let m = MasterBuilder::cli(&["-r", "0", "--", "/nonexistent/ehy-worker"]).start();
+    m.wait_state("the pool to give up", T, |st| {
+        (st["pools"]["main"]["gave_up"] == true).then_some(())
+    });
+    // The log is the behaviour here: it tells the operator what went wrong.
+    let log = m.log_text();
+    assert!(log.contains("could not spawn worker"), "{log}");
+    assert!(log.contains("giving up"), "{log}");
     assert!(log.contains("/nonexistent/ehy-worker"), "{log}");
     assert_eq!(m.state()["pools"]["main"]["gave_up"], true);
 }

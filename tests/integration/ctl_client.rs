@@ -3,42 +3,18 @@
 //! scripted reply lines. Synchronisation is on the socket only (the fake master
 //! reads until the client hangs up), never on sleeps.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
-const CTL: &str = env!("CARGO_BIN_EXE_einhyrningsinsctl");
+use crate::support::*;
 
-/// A temporary directory removed on drop (no tempfile crate in the tree).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ctl-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.0.join("einhorn.sock")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Where the fake master listens, in the test's temp dir.
+fn sock(dir: &TempDir) -> PathBuf {
+    dir.join("einhorn.sock")
 }
 
 /// One request the fake master waits for, and the lines it answers with.
@@ -101,38 +77,52 @@ fn fake_master(
     })
 }
 
-fn ctl_cmd(dir: &TempDir) -> Command {
-    let mut cmd = Command::new(CTL);
-    cmd.env_remove("EINHORN_SOCK_PATH")
+fn ctl_cmd(dir: &TempDir) -> Proc {
+    Proc::new(CTL)
+        .env_remove("EINHORN_SOCK_PATH")
         .env("USER", "tester")
-        .env("HOME", &dir.0)
-        .stdin(Stdio::null());
-    cmd
+        .env("HOME", dir.path())
 }
 
 fn run(dir: &TempDir, args: &[&str]) -> Output {
-    let sock = dir.sock();
-    let mut cmd = ctl_cmd(dir);
-    cmd.arg("-d").arg(&sock).args(args);
-    cmd.output().expect("run einhyrningsinsctl")
+    ctl_cmd(dir)
+        .arg("-d")
+        .arg(sock(dir))
+        .args(args)
+        .output()
+        .expect("run einhyrningsinsctl")
 }
 
 fn run_script(dir: &TempDir, script: &str) -> Output {
-    let mut child = ctl_cmd(dir)
+    let mut ctl = ctl_cmd(dir)
         .arg("-d")
-        .arg(dir.sock())
+        .arg(sock(dir))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn einhyrningsinsctl");
-    child
+    ctl.child
         .stdin
         .take()
         .expect("stdin")
         .write_all(script.as_bytes())
         .expect("write script");
-    child.wait_with_output().expect("wait einhyrningsinsctl")
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut so = ctl.child.stdout.take().expect("stdout");
+    let mut se = ctl.child.stderr.take().expect("stderr");
+    let reader = thread::spawn(move || {
+        se.read_to_end(&mut err).expect("read stderr");
+        err
+    });
+    so.read_to_end(&mut out).expect("read stdout");
+    let err = reader.join().expect("stderr reader");
+    let status = ctl.child.wait().expect("wait einhyrningsinsctl");
+    Output {
+        status,
+        stdout: out,
+        stderr: err,
+    }
 }
 
 fn stdout(o: &Output) -> String {
@@ -144,12 +134,12 @@ fn stderr(o: &Output) -> String {
 }
 
 fn bind(dir: &TempDir) -> UnixListener {
-    UnixListener::bind(dir.sock()).expect("bind fake master")
+    UnixListener::bind(sock(dir)).expect("bind fake master")
 }
 
 #[test]
 fn one_shot_success_prints_the_message_and_exits_0() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let master = fake_master(
         bind(&dir),
         vec![(
@@ -174,7 +164,7 @@ fn one_shot_success_prints_the_message_and_exits_0() {
 
 #[test]
 fn positional_words_and_pool_flag() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let master = fake_master(
         bind(&dir),
         vec![(
@@ -197,7 +187,7 @@ fn positional_words_and_pool_flag() {
 
 #[test]
 fn multi_line_status_table_is_printed_as_is() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let table = "POOL  PID   STATE\\nweb   4242  acked\\n";
     let reply = format!("{{\"message\":\"{table}\",\"request_id\":1}}\n");
     let master = fake_master(bind(&dir), vec![(vec![ex(&[&reply])], Then::WaitEof)]);
@@ -215,7 +205,7 @@ fn multi_line_status_table_is_printed_as_is() {
 
 #[test]
 fn error_reply_exits_1_with_the_message_on_stderr() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let master = fake_master(
         bind(&dir),
         vec![(
@@ -238,7 +228,7 @@ fn error_reply_exits_1_with_the_message_on_stderr() {
 fn streamed_replies_are_printed_as_they_arrive() {
     // The master holds back the final reply until the client has printed the
     // first progress line: only a client that streams can pass.
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let listener = bind(&dir);
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let master = thread::spawn(move || {
@@ -262,14 +252,14 @@ fn streamed_replies_are_printed_as_they_arrive() {
         let _ = reader.read_to_end(&mut Vec::new());
         request
     });
-    let mut child = ctl_cmd(&dir)
+    let mut ctl = ctl_cmd(&dir)
         .arg("-d")
-        .arg(dir.sock())
+        .arg(sock(&dir))
         .arg("upgrade")
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut out = BufReader::new(ctl.child.stdout.take().expect("stdout"));
     let mut first = String::new();
     out.read_line(&mut first).expect("first line");
     assert_eq!(first, "Upgrading smoothly\n");
@@ -280,7 +270,7 @@ fn streamed_replies_are_printed_as_they_arrive() {
     let mut rest = String::new();
     out.read_to_string(&mut rest).expect("rest");
     assert_eq!(rest, "Upgrade done\n");
-    assert_eq!(child.wait().expect("wait").code(), Some(0));
+    assert_eq!(ctl.child.wait().expect("wait").code(), Some(0));
     assert_eq!(
         master.join().expect("fake master"),
         "{\"command\":\"upgrade\",\"args\":[],\"id\":1}\n"
@@ -289,7 +279,7 @@ fn streamed_replies_are_printed_as_they_arrive() {
 
 #[test]
 fn json_prints_raw_reply_lines() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let lines = [
         "{\"message\":\"step\",\"request_id\":1,\"wait\":true}\n",
         "{\"message\":\"done\",\"request_id\":1}\n",
@@ -309,7 +299,7 @@ fn json_prints_raw_reply_lines() {
 
 #[test]
 fn replies_for_another_request_id_are_ignored() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let master = fake_master(
         bind(&dir),
         vec![(
@@ -330,31 +320,31 @@ fn replies_for_another_request_id_are_ignored() {
 
 #[test]
 fn no_master_listening_exits_3_naming_the_path() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     // A socket file nobody listens on any more: what a crashed master leaves.
     drop(bind(&dir));
     let out = run(&dir, &["status"]);
     assert_eq!(out.status.code(), Some(3));
     let expected = format!(
         "no master is listening on {}: connection refused (is einhyrningsins running? -d sets the path)",
-        dir.sock().display()
+        sock(&dir).display()
     );
     assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
 }
 
 #[test]
 fn missing_socket_file_exits_3_and_says_so() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let out = run(&dir, &["status"]);
     assert_eq!(out.status.code(), Some(3));
     let err = stderr(&out);
-    assert!(err.contains(&dir.sock().display().to_string()), "{err}");
+    assert!(err.contains(&sock(&dir).display().to_string()), "{err}");
     assert!(err.contains("no such file"), "{err}");
 }
 
 #[test]
 fn socket_path_comes_from_einhorn_sock_path_without_d() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let master = fake_master(
         bind(&dir),
         vec![(
@@ -363,7 +353,7 @@ fn socket_path_comes_from_einhorn_sock_path_without_d() {
         )],
     );
     let out = ctl_cmd(&dir)
-        .env("EINHORN_SOCK_PATH", dir.sock())
+        .env("EINHORN_SOCK_PATH", sock(&dir))
         .arg("ehlo")
         .output()
         .expect("run");
@@ -374,7 +364,7 @@ fn socket_path_comes_from_einhorn_sock_path_without_d() {
 
 #[test]
 fn master_going_away_mid_command_exits_1() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let master = fake_master(bind(&dir), vec![(vec![ex(&[])], Then::Close)]);
     let out = run(&dir, &["upgrade"]);
     master.join().expect("fake master");
@@ -390,7 +380,7 @@ fn master_going_away_mid_command_exits_1() {
 fn master_hanging_up_before_reading_is_not_a_panic() {
     // Either the write hits EPIPE or the read sees the hang-up: both must end
     // in the "went away" message, never in a panic or a SIGPIPE death.
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let master = fake_master(bind(&dir), vec![(vec![], Then::Close)]);
     let out = run(&dir, &["status"]);
     master.join().expect("fake master");
@@ -405,7 +395,7 @@ fn master_hanging_up_before_reading_is_not_a_panic() {
 
 #[test]
 fn no_final_reply_within_timeout_exits_4() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let master = fake_master(
         bind(&dir),
         vec![(
@@ -428,7 +418,7 @@ fn no_final_reply_within_timeout_exits_4() {
 
 #[test]
 fn reply_that_is_not_json_exits_1() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let master = fake_master(
         bind(&dir),
         vec![(
@@ -449,7 +439,7 @@ fn reply_that_is_not_json_exits_1() {
 
 #[test]
 fn reply_line_over_16_mib_exits_1() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let huge = format!("{{\"message\":\"{}", "x".repeat(16 * 1024 * 1024 + 1));
     let master = fake_master(bind(&dir), vec![(vec![ex(&[&huge])], Then::WaitEof)]);
     let out = run(&dir, &["state"]);
@@ -464,7 +454,7 @@ fn reply_line_over_16_mib_exits_1() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     assert_eq!(run(&dir, &["-e", ""]).status.code(), Some(2));
     assert_eq!(
         run(&dir, &["--timeout", "soon", "status"]).status.code(),
@@ -475,7 +465,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn script_mode_runs_stdin_lines_after_ehlo() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let master = fake_master(
         bind(&dir),
         vec![(
@@ -510,7 +500,7 @@ fn script_mode_runs_stdin_lines_after_ehlo() {
 
 #[test]
 fn script_mode_reports_a_vanished_master_and_reconnects() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let master = fake_master(
         bind(&dir),
         vec![
@@ -554,7 +544,7 @@ fn script_mode_reports_a_vanished_master_and_reconnects() {
 
 #[test]
 fn script_mode_without_master_exits_3() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let out = run_script(&dir, "status\n");
     assert_eq!(out.status.code(), Some(3));
     assert!(

@@ -10,10 +10,6 @@
 //!
 //! Nothing sleeps to synchronise: every wait polls a condition with a deadline.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -25,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use common::*;
+use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -50,31 +46,16 @@ fn script(version: &str, flags: &str) -> String {
     format!("exec {{worker}} --version-tag {version} {flags}\n")
 }
 
-fn messages(replies: &[Value]) -> Vec<String> {
-    replies
-        .iter()
-        .map(|r| r["message"].as_str().unwrap_or("").to_string())
-        .collect()
-}
-
-/// Workers of `pool` in a state dump.
-fn workers(st: &Value, pool: &str) -> Vec<Value> {
-    st["pools"][pool]["workers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 fn pids_of(ws: &[Value]) -> BTreeSet<i64> {
     ws.iter().filter_map(|w| w["pid"].as_i64()).collect()
 }
 
 /// Wait until `pool` is settled at `version`: no upgrade running, `count`
 /// workers, all acked and at that version. Returns their pids.
-fn wait_settled_at(m: &mut Master, pool: &str, count: usize, version: u64) -> BTreeSet<i64> {
+fn wait_settled_at(m: &Master, pool: &str, count: usize, version: u64) -> BTreeSet<i64> {
     let log = m.log.clone();
     wait_for(
-        &format!(
+        format!(
             "pool {pool} settled at version {version} (log {})",
             log.display()
         ),
@@ -93,8 +74,6 @@ fn wait_settled_at(m: &mut Master, pool: &str, count: usize, version: u64) -> BT
         },
     )
 }
-
-// ---- HTTP load -------------------------------------------------------------
 
 /// A request that came back, or why not.
 type Outcome = Result<String, String>;
@@ -245,13 +224,13 @@ impl Load {
     /// Wait until `n` more requests succeeded.
     fn wait_more(&self, n: u64) {
         let base = self.ok();
-        wait_for(&format!("{n} requests of the {}", self.what), WAIT, || {
+        wait_for(format!("{n} requests of the {}", self.what), WAIT, || {
             (self.ok() >= base + n).then_some(())
         });
     }
 
     fn wait_version(&self, tag: &str) {
-        wait_for(&format!("the {} to see {tag}", self.what), WAIT, || {
+        wait_for(format!("the {} to see {tag}", self.what), WAIT, || {
             self.versions
                 .lock()
                 .expect("versions lock")
@@ -277,8 +256,6 @@ impl Drop for Load {
         self.stop.store(true, Ordering::SeqCst);
     }
 }
-
-// ---- state sampling ----------------------------------------------------------
 
 /// A thread taking `state` snapshots back to back until stopped.
 struct Sampler {
@@ -318,13 +295,12 @@ impl Drop for Sampler {
     }
 }
 
-// ---- tests --------------------------------------------------------------------
-
 #[test]
 fn smooth_upgrades_under_load_lose_no_request() {
-    let mut m =
-        Master::with_config_files("roll", &pool_toml(4, ""), &[("w.sh", &script("v1", ""))]);
-    let v1 = wait_settled_at(&mut m, "web", 4, 1);
+    let m = MasterBuilder::config(&pool_toml(4, ""))
+        .files(&[("w.sh", &script("v1", ""))])
+        .start();
+    let v1 = wait_settled_at(&m, "web", 4, 1);
     let addr = m.addr("web");
     let fresh = Load::start(&addr, false);
     let ka = Load::start(&addr, true);
@@ -352,7 +328,7 @@ fn smooth_upgrades_under_load_lose_no_request() {
     assert_eq!(lines.last(), Some(&"Upgrade done"), "{stdout}");
     fresh.wait_version("v2");
     ka.wait_version("v2");
-    let v2 = wait_settled_at(&mut m, "web", 4, 2);
+    let v2 = wait_settled_at(&m, "web", 4, 2);
     assert!(v1.is_disjoint(&v2), "old pids survived: {v1:?} {v2:?}");
     for pid in &v1 {
         assert!(!alive(*pid as i32), "retired worker {pid} still alive");
@@ -379,7 +355,7 @@ fn smooth_upgrades_under_load_lose_no_request() {
     assert!(last.get("error").is_none_or(|e| e == false), "{last}");
     fresh.wait_version("v3");
     ka.wait_version("v3");
-    let v3 = wait_settled_at(&mut m, "web", 4, 3);
+    let v3 = wait_settled_at(&m, "web", 4, 3);
     assert!(v2.is_disjoint(&v3), "old pids survived: {v2:?} {v3:?}");
 
     // The keep-alive client did reuse its connections (it reconnects only when a
@@ -406,12 +382,10 @@ fn smooth_upgrades_under_load_lose_no_request() {
 #[test]
 fn upgrade_to_a_binary_that_exits_at_once_fails_and_old_keep_serving() {
     let extra = "retries = 3\nrespawn_delay = \"20ms\"";
-    let mut m = Master::with_config_files(
-        "crash",
-        &pool_toml(4, extra),
-        &[("w.sh", &script("v1", ""))],
-    );
-    let old = wait_settled_at(&mut m, "web", 4, 1);
+    let m = MasterBuilder::config(&pool_toml(4, extra))
+        .files(&[("w.sh", &script("v1", ""))])
+        .start();
+    let old = wait_settled_at(&m, "web", 4, 1);
     m.put_file("w.sh", "echo 'new version: cannot start' >&2; exit 1\n");
     let out = m.ctl(&["-e", "upgrade"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -422,7 +396,7 @@ fn upgrade_to_a_binary_that_exits_at_once_fails_and_old_keep_serving() {
     assert!(stderr.contains("exit status 1 before it acked"), "{stderr}");
 
     // Same workers, all acked, back at version 1; nothing else left running.
-    assert_eq!(wait_settled_at(&mut m, "web", 4, 1), old);
+    assert_eq!(wait_settled_at(&m, "web", 4, 1), old);
     let st = m.state();
     let last = &st["pools"]["web"]["last_upgrade"];
     assert_eq!(last["ok"], false, "{last}");
@@ -448,12 +422,10 @@ fn upgrade_to_a_binary_that_exits_at_once_fails_and_old_keep_serving() {
 #[test]
 fn a_version_that_never_acks_is_abandoned_after_retries() {
     let extra = "retries = 2\nrespawn_delay = \"20ms\"\nack_timeout = \"300ms\"\nmax_unacked = 1";
-    let mut m = Master::with_config_files(
-        "noack",
-        &pool_toml(2, extra),
-        &[("w.sh", &script("v1", ""))],
-    );
-    let old = wait_settled_at(&mut m, "web", 2, 1);
+    let m = MasterBuilder::config(&pool_toml(2, extra))
+        .files(&[("w.sh", &script("v1", ""))])
+        .start();
+    let old = wait_settled_at(&m, "web", 2, 1);
     m.put_file("w.sh", &script("v2", "--no-ack"));
     let replies = m.request(json!({"command": "upgrade", "id": 9}));
     let msgs = messages(&replies);
@@ -463,7 +435,7 @@ fn a_version_that_never_acks_is_abandoned_after_retries() {
     assert!(text.contains("Upgrade failed"), "{text}");
     assert!(text.contains("version 2 failed 2 time(s)"), "{text}");
     assert!(text.contains("did not ack within 300ms"), "{text}");
-    assert_eq!(wait_settled_at(&mut m, "web", 2, 1), old);
+    assert_eq!(wait_settled_at(&m, "web", 2, 1), old);
     let log = m.log_text();
     assert_eq!(
         log.matches("did not ack within 300ms: killing it").count(),
@@ -477,9 +449,10 @@ fn a_version_that_never_acks_is_abandoned_after_retries() {
 
 #[test]
 fn fleet_upgrade_retires_old_only_after_every_new_acked() {
-    let mut m =
-        Master::with_config_files("fleet", &pool_toml(3, ""), &[("w.sh", &script("v1", ""))]);
-    let old = wait_settled_at(&mut m, "web", 3, 1);
+    let m = MasterBuilder::config(&pool_toml(3, ""))
+        .files(&[("w.sh", &script("v1", ""))])
+        .start();
+    let old = wait_settled_at(&m, "web", 3, 1);
     // A slow ack keeps all new workers unacked for a while, so the sampler sees
     // the fleet started before anything is retired.
     m.put_file("w.sh", &script("v2", "--ack-delay-ms 300"));
@@ -529,15 +502,16 @@ fn fleet_upgrade_retires_old_only_after_every_new_acked() {
         saw_full_fleet,
         "never saw all 3 new workers started together"
     );
-    let new = wait_settled_at(&mut m, "web", 3, 2);
+    let new = wait_settled_at(&m, "web", 3, 2);
     assert!(old.is_disjoint(&new));
 }
 
 #[test]
 fn an_upgrade_during_an_upgrade_supersedes_it() {
-    let mut m =
-        Master::with_config_files("super", &pool_toml(2, ""), &[("w.sh", &script("v1", ""))]);
-    let old = wait_settled_at(&mut m, "web", 2, 1);
+    let m = MasterBuilder::config(&pool_toml(2, ""))
+        .files(&[("w.sh", &script("v1", ""))])
+        .start();
+    let old = wait_settled_at(&m, "web", 2, 1);
     // Version 2 would take 30 s to ack: it is still rolling when version 3 comes.
     m.put_file("w.sh", &script("v2", "--ack-delay-ms 30000"));
     let sock = m.sock.clone();
@@ -562,7 +536,7 @@ fn an_upgrade_during_an_upgrade_supersedes_it() {
     let text = last["message"].as_str().unwrap_or("");
     assert!(text.contains("superseded by upgrade #2"), "{text}");
 
-    let new = wait_settled_at(&mut m, "web", 2, 3);
+    let new = wait_settled_at(&m, "web", 2, 3);
     assert!(old.is_disjoint(&new));
     let addr = m.addr("web");
     let body = http_get(&addr, "/").expect("serves");
@@ -571,8 +545,7 @@ fn an_upgrade_during_an_upgrade_supersedes_it() {
 
 #[test]
 fn sighup_rolls_every_pool() {
-    let mut m = Master::with_config_files(
-        "hup",
+    let m = MasterBuilder::config(
         r#"
 [control]
 socket = "{sock}"
@@ -587,14 +560,15 @@ count = 1
 binds = ["127.0.0.1:0"]
 ack = "manual"
 "#,
-        &[("w.sh", &script("v1", ""))],
-    );
-    let web = wait_settled_at(&mut m, "web", 2, 1);
-    let api = wait_settled_at(&mut m, "api", 1, 1);
+    )
+    .files(&[("w.sh", &script("v1", ""))])
+    .start();
+    let web = wait_settled_at(&m, "web", 2, 1);
+    let api = wait_settled_at(&m, "api", 1, 1);
     m.put_file("w.sh", &script("v2", ""));
     m.signal(libc::SIGHUP);
-    let web2 = wait_settled_at(&mut m, "web", 2, 2);
-    let api2 = wait_settled_at(&mut m, "api", 1, 2);
+    let web2 = wait_settled_at(&m, "web", 2, 2);
+    let api2 = wait_settled_at(&m, "api", 1, 2);
     assert!(web.is_disjoint(&web2) && api.is_disjoint(&api2));
     for pool in ["web", "api"] {
         let addr = m.addr(pool);
@@ -607,12 +581,10 @@ ack = "manual"
 
 #[test]
 fn old_workers_that_ignore_the_stop_signal_are_killed_after_stop_timeout() {
-    let mut m = Master::with_config_files(
-        "stubborn",
-        &pool_toml(2, "stop_timeout = \"300ms\""),
-        &[("w.sh", &script("v1", "--ignore-stop"))],
-    );
-    let old = wait_settled_at(&mut m, "web", 2, 1);
+    let m = MasterBuilder::config(&pool_toml(2, "stop_timeout = \"300ms\""))
+        .files(&[("w.sh", &script("v1", "--ignore-stop"))])
+        .start();
+    let old = wait_settled_at(&m, "web", 2, 1);
     m.put_file("w.sh", &script("v2", ""));
     let msgs = messages(&m.request(json!({"command": "upgrade"})));
     assert_eq!(
@@ -620,10 +592,10 @@ fn old_workers_that_ignore_the_stop_signal_are_killed_after_stop_timeout() {
         Some("Upgrade done"),
         "{msgs:?}"
     );
-    let new = wait_settled_at(&mut m, "web", 2, 2);
+    let new = wait_settled_at(&m, "web", 2, 2);
     assert!(old.is_disjoint(&new));
     for pid in &old {
-        wait_for(&format!("old worker {pid} to be gone"), WAIT, || {
+        wait_for(format!("old worker {pid} to be gone"), WAIT, || {
             (!alive(*pid as i32)).then_some(())
         });
         let log = m.log_text();
@@ -667,9 +639,11 @@ ack = "manual"
         pool("a", "max_unacked = 1\nmax_surge = 4"),
         pool("b", "max_unacked = 4\nmax_surge = 2")
     );
-    let mut m = Master::with_config_files("surge", &toml, &[("w.sh", &script("v1", ""))]);
-    wait_settled_at(&mut m, "a", 4, 1);
-    wait_settled_at(&mut m, "b", 4, 1);
+    let m = MasterBuilder::config(&toml)
+        .files(&[("w.sh", &script("v1", ""))])
+        .start();
+    wait_settled_at(&m, "a", 4, 1);
+    wait_settled_at(&m, "b", 4, 1);
     m.put_file("w.sh", &script("v2", "--ack-delay-ms 200"));
     let sampler = Sampler::start(m.sock.clone());
     let msgs = messages(&m.request(json!({"command": "upgrade"})));
@@ -707,8 +681,8 @@ ack = "manual"
     // The bounds were reached, not just respected by an idle pool.
     assert_eq!(peak["a"], (5, 1), "peaks {peak:?}");
     assert_eq!(peak["b"], (6, 2), "peaks {peak:?}");
-    wait_settled_at(&mut m, "a", 4, 2);
-    wait_settled_at(&mut m, "b", 4, 2);
+    wait_settled_at(&m, "a", 4, 2);
+    wait_settled_at(&m, "b", 4, 2);
 }
 
 #[test]
@@ -716,12 +690,10 @@ fn a_request_on_an_idle_keep_alive_connection_of_a_retired_worker_is_served() {
     // The client cannot know the worker is draining: a request it writes on its
     // idle keep-alive connection must be answered (with `Connection: close`), not
     // met with EOF or a reset.
-    let mut m = Master::with_config_files(
-        "idle",
-        &pool_toml(1, ""),
-        &[("w.sh", &script("v1", "--drain-idle-ms 20000"))],
-    );
-    let old = wait_settled_at(&mut m, "web", 1, 1);
+    let m = MasterBuilder::config(&pool_toml(1, ""))
+        .files(&[("w.sh", &script("v1", "--drain-idle-ms 20000"))])
+        .start();
+    let old = wait_settled_at(&m, "web", 1, 1);
     let old_pid = *old.first().expect("one worker");
     let addr = m.addr("web");
     let s = TcpStream::connect(&addr).expect("connect");
@@ -765,4 +737,39 @@ fn a_request_on_an_idle_keep_alive_connection_of_a_retired_worker_is_served() {
     wait_for("the old worker to exit", WAIT, || {
         (!alive(old_pid as i32)).then_some(())
     });
+}
+
+/// `upgrade` of every pool used to answer "Upgrade done" as soon as the first pool
+/// (by name) finished, which a pool with no workers does at once: the client was
+/// told the upgrade was over while the other pools had not even started theirs.
+#[test]
+fn upgrading_every_pool_waits_for_all_even_when_one_has_no_workers() {
+    let m = MasterBuilder::config(
+        r#"
+[control]
+socket = "{sock}"
+[pools.a]
+command = ["{worker}"]
+count = 0
+binds = ["127.0.0.1:0"]
+ack = "manual"
+[pools.b]
+command = ["{worker}"]
+count = 1
+binds = ["127.0.0.1:0"]
+ack = "manual"
+"#,
+    )
+    .start();
+    m.wait_acked("b", 1);
+    let msgs = messages(&m.request(json!({"command": "upgrade", "id": 1})));
+    assert_eq!(
+        msgs.last().map(String::as_str),
+        Some("Upgrade done"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|s| s.contains("pool b: upgrade done")),
+        "the final reply came before pool b's upgrade finished: {msgs:?}"
+    );
 }

@@ -5,20 +5,19 @@
 //! the supervisor that the other integration tests exercise with these workers.
 //!
 //! The Rust worker is a cargo example: plain `cargo test` builds it next to this
-//! test's executable (target/<profile>/examples/http_worker).
-
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! test binary (target/<profile>/examples/http_worker).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
+
+use crate::support::*;
 
 /// Generous: the machine is shared with parallel builds.
 const WAIT: Duration = Duration::from_secs(20);
@@ -27,58 +26,15 @@ fn deadline() -> Instant {
     Instant::now() + WAIT
 }
 
-/// A private temp dir, removed on drop. Short path: unix socket paths are limited.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("ehw-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn rust_worker_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/example_worker-HASH -> target/<profile>/examples/http_worker
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join("examples").join("http_worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: run plain `cargo test` (it builds examples) or \
-         `cargo build --example http_worker` first",
-        bin.display()
-    );
-    bin
-}
-
 fn python_worker_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/workers/http_worker.py")
 }
 
 fn have_python3() -> bool {
-    Command::new("python3")
+    Proc::new("python3")
         .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Waits until `fd` is readable or the deadline passes.
@@ -112,7 +68,7 @@ struct AckSocket {
 
 impl AckSocket {
     fn new(dir: &TempDir) -> AckSocket {
-        let path = dir.path("ctl.sock");
+        let path = dir.join("ctl.sock");
         let listener = UnixListener::bind(&path).expect("bind ack socket");
         listener.set_nonblocking(true).expect("nonblocking");
         AckSocket { listener, path }
@@ -152,37 +108,33 @@ fn read_line(mut stream: UnixStream, until: Instant) -> Option<String> {
     String::from_utf8(line).ok()
 }
 
-/// A worker process; killed on drop if a test failed half-way.
+/// A worker process; killed (with all it started) on drop if a test failed
+/// half-way.
 struct Worker {
-    child: Child,
+    proc: Running,
     stderr: Receiver<String>,
 }
 
 impl Worker {
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.child.id()
     }
 
     fn signal(&self, sig: i32) {
         // SAFETY: kill on our own, not yet reaped, child.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.child.id());
+        let rc = unsafe { libc::kill(self.proc.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig})", self.proc.pid());
     }
 
     fn wait_exit(&mut self, until: Instant) -> Option<ExitStatus> {
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let child = &mut self.proc.child;
+        poll_until(until.saturating_duration_since(Instant::now()), || {
+            child.try_wait().ok().flatten()
+        })
     }
 
     fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        matches!(self.proc.child.try_wait(), Ok(None))
     }
 
     /// Waits for a stderr line containing `needle`.
@@ -198,23 +150,14 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        if self.alive() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
 /// Spawns `cmd` with the fds in `inherit` left open across exec (they are
 /// close-on-exec in this process, like every fd Rust opens). `dup_to_3` moves the
 /// first one to fd 3 for the systemd `LISTEN_FDS` convention.
-fn spawn(mut cmd: Command, inherit: Vec<RawFd>, dup_to_3: bool) -> Worker {
-    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+fn spawn(cmd: Proc, inherit: Vec<RawFd>, dup_to_3: bool) -> Worker {
+    let cmd = cmd.stdin(Stdio::null()).stderr(Stdio::piped());
     // SAFETY: only async-signal-safe libc calls between fork and exec, no allocation
     // (the Vec was built before the fork).
-    unsafe {
+    let cmd = unsafe {
         cmd.pre_exec(move || {
             for &fd in &inherit {
                 if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
@@ -225,10 +168,10 @@ fn spawn(mut cmd: Command, inherit: Vec<RawFd>, dup_to_3: bool) -> Worker {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn worker");
-    let stderr = child.stderr.take().expect("piped stderr");
+        })
+    };
+    let mut proc = cmd.spawn().expect("spawn worker");
+    let stderr = proc.child.stderr.take().expect("piped stderr");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
@@ -239,7 +182,7 @@ fn spawn(mut cmd: Command, inherit: Vec<RawFd>, dup_to_3: bool) -> Worker {
             }
         }
     });
-    Worker { child, stderr: rx }
+    Worker { proc, stderr: rx }
 }
 
 fn tcp_listener() -> (TcpListener, SocketAddr) {
@@ -249,9 +192,9 @@ fn tcp_listener() -> (TcpListener, SocketAddr) {
 }
 
 /// The child API environment for one TCP listener and an ack socket path.
-fn worker_cmd(program: &Path, args: &[&str], fd: RawFd, ack: &AckSocket) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
+fn worker_cmd(program: &Path, args: &[&str], fd: RawFd, ack: &AckSocket) -> Proc {
+    Proc::new(program)
+        .args(args)
         .env_remove("WORKER_VERSION")
         .env_remove("LISTEN_FDS")
         .env_remove("EINHORN_SOCK_FD")
@@ -259,14 +202,13 @@ fn worker_cmd(program: &Path, args: &[&str], fd: RawFd, ack: &AckSocket) -> Comm
         .env("EINHORN_FD_0", fd.to_string())
         .env("EINHORN_FDS", fd.to_string())
         .env("EINHORN_SOCK_PATH", &ack.path)
-        .env("EINHORN_CHILD_INDEX", "0");
-    cmd
+        .env("EINHORN_CHILD_INDEX", "0")
 }
 
-fn python_cmd(args: &[&str], fd: RawFd, ack: &AckSocket) -> Command {
-    let mut cmd = worker_cmd(Path::new("python3"), &[], fd, ack);
-    cmd.arg(python_worker_script()).args(args);
-    cmd
+fn python_cmd(args: &[&str], fd: RawFd, ack: &AckSocket) -> Proc {
+    worker_cmd(Path::new("python3"), &[], fd, ack)
+        .arg(python_worker_script())
+        .args(args)
 }
 
 /// A minimal HTTP/1.x client over any stream, keeping leftover bytes between
@@ -395,30 +337,27 @@ fn expect_ack(ack: &AckSocket, pid: u32) {
 
 /// Polls `/stats` on fresh connections until `sleeping=<n>` shows.
 fn wait_sleeping(addr: SocketAddr, n: usize) {
-    let until = deadline();
     let want = format!("sleeping={n} ");
-    loop {
+    let mut last = String::new();
+    let seen = poll_until(WAIT, || {
         let mut c = Client::tcp(addr);
         c.send("GET /stats HTTP/1.1\r\nConnection: close\r\n\r\n");
-        let r = c.response().expect("stats");
-        if r.body.contains(&want) {
-            return;
-        }
-        assert!(Instant::now() < until, "never saw {want}: {}", r.body);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        last = c.response().expect("stats").body;
+        last.contains(&want).then_some(())
+    });
+    assert!(seen.is_some(), "never saw {want}: {last}");
 }
 
 #[test]
 fn rust_worker_serves_every_socket_and_acks_in_json() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let ack = AckSocket::new(&dir);
     let (tcp, addr) = tcp_listener();
-    let unix_path = dir.path("http.sock");
+    let unix_path = dir.join("http.sock");
     let unix = UnixListener::bind(&unix_path).expect("bind unix listener");
     let fds = vec![tcp.as_raw_fd(), unix.as_raw_fd()];
-    let mut cmd = worker_cmd(&rust_worker_bin(), &["--version-tag", "v7"], fds[0], &ack);
-    cmd.env("EINHORN_FD_COUNT", "2")
+    let cmd = worker_cmd(&http_worker(), &["--version-tag", "v7"], fds[0], &ack)
+        .env("EINHORN_FD_COUNT", "2")
         .env("EINHORN_FD_1", fds[1].to_string())
         .env("EINHORN_FDS", format!("{} {}", fds[0], fds[1]))
         .env("EXAMPLE_WORKER_VAR", "hello world");
@@ -483,13 +422,13 @@ fn rust_worker_serves_every_socket_and_acks_in_json() {
 
 #[test]
 fn rust_worker_acks_in_einhorn_yaml_after_the_delay() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let ack = AckSocket::new(&dir);
     let (tcp, _) = tcp_listener();
     let args = ["--ack-yaml", "--ack-delay-ms", "200"];
     let started = Instant::now();
     let w = spawn(
-        worker_cmd(&rust_worker_bin(), &args, tcp.as_raw_fd(), &ack),
+        worker_cmd(&http_worker(), &args, tcp.as_raw_fd(), &ack),
         vec![tcp.as_raw_fd()],
         false,
     );
@@ -506,13 +445,13 @@ fn rust_worker_acks_in_einhorn_yaml_after_the_delay() {
 
 #[test]
 fn rust_worker_acks_through_an_inherited_fd() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let ack = AckSocket::new(&dir);
     let (tcp, _) = tcp_listener();
     let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    let mut cmd = worker_cmd(&rust_worker_bin(), &[], tcp.as_raw_fd(), &ack);
     // EINHORN_SOCK_FD wins over EINHORN_SOCK_PATH.
-    cmd.env("EINHORN_SOCK_FD", theirs.as_raw_fd().to_string());
+    let cmd = worker_cmd(&http_worker(), &[], tcp.as_raw_fd(), &ack)
+        .env("EINHORN_SOCK_FD", theirs.as_raw_fd().to_string());
     let w = spawn(cmd, vec![tcp.as_raw_fd(), theirs.as_raw_fd()], false);
     drop(theirs);
     let line = read_line(ours, deadline()).expect("ack on the fd");
@@ -525,11 +464,11 @@ fn rust_worker_acks_through_an_inherited_fd() {
 
 #[test]
 fn rust_worker_falls_back_to_listen_fds() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let ack = AckSocket::new(&dir);
     let (tcp, addr) = tcp_listener();
-    let mut cmd = Command::new(rust_worker_bin());
-    cmd.env_remove("EINHORN_FD_COUNT")
+    let cmd = Proc::new(http_worker())
+        .env_remove("EINHORN_FD_COUNT")
         .env_remove("LISTEN_PID")
         .env("LISTEN_FDS", "1")
         .env("EINHORN_SOCK_PATH", &ack.path);
@@ -542,11 +481,11 @@ fn rust_worker_falls_back_to_listen_fds() {
 
 #[test]
 fn rust_worker_drains_on_usr2() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let ack = AckSocket::new(&dir);
     let (tcp, addr) = tcp_listener();
     let mut w = spawn(
-        worker_cmd(&rust_worker_bin(), &[], tcp.as_raw_fd(), &ack),
+        worker_cmd(&http_worker(), &[], tcp.as_raw_fd(), &ack),
         vec![tcp.as_raw_fd()],
         false,
     );
@@ -581,16 +520,11 @@ fn rust_worker_drains_on_usr2() {
 
 #[test]
 fn rust_worker_ignore_stop_survives_usr2() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let ack = AckSocket::new(&dir);
     let (tcp, addr) = tcp_listener();
     let mut w = spawn(
-        worker_cmd(
-            &rust_worker_bin(),
-            &["--ignore-stop"],
-            tcp.as_raw_fd(),
-            &ack,
-        ),
+        worker_cmd(&http_worker(), &["--ignore-stop"], tcp.as_raw_fd(), &ack),
         vec![tcp.as_raw_fd()],
         false,
     );
@@ -607,11 +541,11 @@ fn rust_worker_ignore_stop_survives_usr2() {
 
 #[test]
 fn rust_worker_rejects_garbage_and_oversized_heads() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let ack = AckSocket::new(&dir);
     let (tcp, addr) = tcp_listener();
     let _w = spawn(
-        worker_cmd(&rust_worker_bin(), &[], tcp.as_raw_fd(), &ack),
+        worker_cmd(&http_worker(), &[], tcp.as_raw_fd(), &ack),
         vec![tcp.as_raw_fd()],
         false,
     );
@@ -641,12 +575,12 @@ fn rust_worker_rejects_garbage_and_oversized_heads() {
 
 #[test]
 fn rust_worker_exit_after_simulates_a_crash_without_ack() {
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let ack = AckSocket::new(&dir);
     let (tcp, _) = tcp_listener();
     let args = ["--no-ack", "--exit-after-ms", "50", "--exit-code", "3"];
     let mut w = spawn(
-        worker_cmd(&rust_worker_bin(), &args, tcp.as_raw_fd(), &ack),
+        worker_cmd(&http_worker(), &args, tcp.as_raw_fd(), &ack),
         vec![tcp.as_raw_fd()],
         false,
     );
@@ -661,11 +595,12 @@ fn python_worker_serves_acks_and_drains() {
         eprintln!("SKIPPED: python3 not found, the Python example worker is untested");
         return;
     }
-    let dir = TempDir::new();
+    let dir = TempDir::for_test();
     let ack = AckSocket::new(&dir);
     let (tcp, addr) = tcp_listener();
-    let mut cmd = python_cmd(&[], tcp.as_raw_fd(), &ack);
-    cmd.env("WORKER_POOL", "web").env("WORKER_VERSION", "py1");
+    let cmd = python_cmd(&[], tcp.as_raw_fd(), &ack)
+        .env("WORKER_POOL", "web")
+        .env("WORKER_VERSION", "py1");
     let mut w = spawn(cmd, vec![tcp.as_raw_fd()], false);
     drop(tcp);
     expect_ack(&ack, w.pid());

@@ -16,18 +16,13 @@
 //! terminal side has to answer, and keys are typed only once the prompt they
 //! are meant for is on the screen.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 /// Deadline for each screen expectation: generous for a loaded 2-core machine.
 const STEP: Duration = Duration::from_secs(15);
@@ -52,7 +47,7 @@ ack_timer = "50ms"
 
 /// The client running on the slave side of a pty; we hold the master side.
 struct Shell {
-    child: Option<Child>,
+    child: Option<Running>,
     pty: File,
     /// Everything the client wrote to the terminal, raw.
     raw: Vec<u8>,
@@ -89,8 +84,8 @@ impl Shell {
         let master = unsafe { OwnedFd::from_raw_fd(master) };
         let slave = unsafe { OwnedFd::from_raw_fd(slave) };
         let stdio = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup pty slave"));
-        let mut cmd = Command::new(CTL);
-        cmd.arg("-d")
+        let cmd = Proc::new(CTL)
+            .arg("-d")
             .arg(sock)
             .env("HOME", home)
             .env("TERM", "xterm")
@@ -101,7 +96,8 @@ impl Shell {
             .stdin(stdio(&slave))
             .stdout(stdio(&slave))
             .stderr(stdio(&slave));
-        unsafe {
+        // SAFETY: setsid and ioctl are async-signal-safe; nothing is allocated.
+        let cmd = unsafe {
             // A session of its own with the pty as controlling terminal, as a
             // login shell would have it (/dev/tty, job-control signals).
             cmd.pre_exec(|| {
@@ -109,12 +105,11 @@ impl Shell {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
-            });
-        }
+            })
+        };
+        // Spawning drops the command's copies of the slave; ours must go too,
+        // so the master side reports EIO once the client has exited.
         let child = cmd.spawn().expect("spawn einhyrningsinsctl on a pty");
-        // Our copies of the slave must go, so the master side reports EIO once
-        // the client has exited.
-        drop(cmd);
         drop(slave);
         Shell {
             child: Some(child),
@@ -163,29 +158,34 @@ impl Shell {
     /// Waits until `needle` appears in the screen text after what earlier
     /// expectations consumed; returns that text up to and including it.
     fn expect(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + STEP;
-        loop {
+        // Some(Some(i)): found at i past the mark; Some(None): terminal closed.
+        let found = poll_until(STEP, || {
             let screen = self.screen();
-            let rest = &screen[self.mark.min(screen.len())..];
-            if let Some(i) = rest.find(needle) {
-                let seen = rest[..i + needle.len()].to_string();
-                self.mark += i + needle.len();
-                return seen;
+            if let Some(i) = screen[self.mark.min(screen.len())..].find(needle) {
+                return Some(Some(i));
             }
-            let now = Instant::now();
-            if now >= deadline || self.closed {
-                panic!(
-                    "{} waiting for {needle:?} on the shell's terminal; seen since the last \
-                     match:\n{rest}\n--- whole screen (escapes stripped):\n{screen}",
-                    if self.closed {
-                        "terminal closed"
-                    } else {
-                        "timed out"
-                    }
-                );
+            if self.closed {
+                return Some(None);
             }
-            self.pump(deadline - now);
+            self.pump(Duration::from_millis(100));
+            None
+        });
+        let screen = self.screen();
+        let rest = &screen[self.mark.min(screen.len())..];
+        if let Some(Some(i)) = found {
+            let seen = rest[..i + needle.len()].to_string();
+            self.mark += i + needle.len();
+            return seen;
         }
+        panic!(
+            "{} waiting for {needle:?} on the shell's terminal; seen since the last \
+             match:\n{rest}\n--- whole screen (escapes stripped):\n{screen}",
+            if found.is_some() {
+                "terminal closed"
+            } else {
+                "timed out"
+            }
+        );
     }
 
     /// Waits for the next prompt; the text before it (the last command's output).
@@ -202,21 +202,12 @@ impl Shell {
     }
 
     fn wait_exit(&mut self) -> ExitStatus {
-        let child = self.child.as_mut().expect("shell already reaped");
+        let child = &mut self.child.as_mut().expect("shell already reaped").child;
         let status = wait_for("the shell to exit", STEP, || {
             child.try_wait().expect("try_wait on the shell")
         });
         self.child = None;
         status
-    }
-}
-
-impl Drop for Shell {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -257,7 +248,7 @@ fn strip(raw: &[u8]) -> String {
     out
 }
 
-fn count(m: &mut Master, pool: &str) -> u64 {
+fn count(m: &Master, pool: &str) -> u64 {
     m.state()["pools"][pool]["count"]
         .as_u64()
         .unwrap_or_else(|| panic!("pool {pool} has no count in state"))
@@ -275,7 +266,7 @@ fn strip_removes_escapes_and_keeps_text() {
 
 #[test]
 fn interactive_shell_on_a_pty() {
-    let mut m = Master::with_config("shell", TWO_POOLS);
+    let mut m = MasterBuilder::config(TWO_POOLS).start();
     let web = m.wait_acked("web", 1);
     let api = m.wait_acked("api", 1);
     let home = TempDir::new("shell-home");
@@ -336,9 +327,9 @@ fn interactive_shell_on_a_pty() {
     assert!(out.contains("default pool: web"), "{out}");
     sh.run("inc");
     wait_for("web's count to go to 2", STEP, || {
-        (count(&mut m, "web") == 2).then_some(())
+        (count(&m, "web") == 2).then_some(())
     });
-    assert_eq!(count(&mut m, "api"), 1, "inc went to the wrong pool");
+    assert_eq!(count(&m, "api"), 1, "inc went to the wrong pool");
 
     // `pool -` clears it: with two pools, `inc` is now refused, and the error
     // reply is shown without ending the shell.
@@ -355,8 +346,8 @@ fn interactive_shell_on_a_pty() {
         out.contains("\"many\" is not a worker count"),
         "set_workers many:\n{out}"
     );
-    assert_eq!(count(&mut m, "web"), 2);
-    assert_eq!(count(&mut m, "api"), 1);
+    assert_eq!(count(&m, "web"), 2);
+    assert_eq!(count(&m, "api"), 1);
     // A line the shell cannot split is reported by the shell itself.
     let out = sh.run("pool 'web");
     assert!(
@@ -400,14 +391,15 @@ fn interactive_shell_on_a_pty() {
         "reconnect to a dead master:\n{out}"
     );
     // A new master on the same socket: the same shell reconnects to it.
-    let mut m2 = Master::with_args_at("shell2", &sock, &["-n", "1", "--", "{worker}"]);
+    let m2 = MasterBuilder::cli(&["-n", "1", "--", "{worker}"])
+        .socket(&sock)
+        .start();
     let out = sh.run("status");
     assert!(
         out.contains(&format!("pid {}", m2.pid())),
         "status from the new master (pid {}):\n{out}",
         m2.pid()
     );
-    let _ = m2.state(); // remember its worker for the drop guard
 
     // Ctrl-D at an empty prompt leaves with status 0.
     sh.send("\x04");

@@ -6,21 +6,16 @@
 //! recorded, the master gone), not only by its reply. Bad input is each followed
 //! by a `status` that must still answer. Waits poll conditions with deadlines.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use common::*;
-use einhyrningsins::protocol::{self as codec, Encoding};
 use serde_json::{json, Value};
+
+use crate::support::*;
 
 /// Two pools: `web` acks itself over the socket (manual), `api` on a short timer.
 const TWO_POOLS: &str = r#"
@@ -38,8 +33,6 @@ binds = ["127.0.0.1:0"]
 ack_timer = "100ms"
 respawn_delay = "50ms"
 "#;
-
-// ---- helpers ------------------------------------------------------------------
 
 /// Run the client; (exit code, stdout, stderr).
 fn ctl(m: &Master, args: &[&str]) -> (i32, String, String) {
@@ -61,98 +54,6 @@ fn ctl_ok(m: &Master, args: &[&str]) -> String {
     out
 }
 
-fn connect(m: &Master) -> UnixStream {
-    let s = UnixStream::connect(&m.sock).expect("connect control socket");
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
-    s
-}
-
-/// One raw line (with its `\n`) or panic on EOF.
-fn read_raw_line(r: &mut impl BufRead) -> Vec<u8> {
-    let mut line = Vec::new();
-    r.read_until(b'\n', &mut line).expect("read reply");
-    assert!(
-        line.ends_with(b"\n"),
-        "connection ended mid-reply: {:?}",
-        String::from_utf8_lossy(&line)
-    );
-    line
-}
-
-/// Everything the master sends until it closes the connection.
-fn read_to_eof(s: &mut UnixStream) -> Vec<u8> {
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)
-        .expect("the master closes the connection");
-    buf
-}
-
-/// Send raw request bytes; return every reply line up to the final one.
-fn exchange(m: &Master, req: &[u8]) -> Vec<Vec<u8>> {
-    let mut s = connect(m);
-    s.write_all(req).expect("send request");
-    let mut r = BufReader::new(s);
-    let mut lines = Vec::new();
-    loop {
-        let line = read_raw_line(&mut r);
-        let (reply, _) = codec::decode_reply(&line[..line.len() - 1])
-            .unwrap_or_else(|e| panic!("undecodable reply {:?}: {e}", lossy(&line)));
-        lines.push(line);
-        if !reply.wait {
-            return lines;
-        }
-    }
-}
-
-/// A reply line in einhorn's framing: one `---` YAML document, `%`-escaped, one
-/// newline at the very end. Returns the decoded reply.
-fn yaml_reply(line: &[u8]) -> codec::Reply {
-    assert!(
-        line.starts_with(b"---%0A"),
-        "not YAML framed: {:?}",
-        lossy(line)
-    );
-    assert!(
-        line.ends_with(b"%0A\n"),
-        "not YAML framed: {:?}",
-        lossy(line)
-    );
-    assert_eq!(
-        line.iter().filter(|&&b| b == b'\n').count(),
-        1,
-        "raw newline inside a YAML reply: {:?}",
-        lossy(line)
-    );
-    let (reply, enc) = codec::decode_reply(&line[..line.len() - 1]).expect("decodable reply");
-    assert_eq!(enc, Encoding::Yaml);
-    reply
-}
-
-/// A JSON reply line, decoded.
-fn json_reply(line: &[u8]) -> Value {
-    serde_json::from_slice(line).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", lossy(line)))
-}
-
-/// Like [`read_to_eof`], for a connection the master closes while we are still
-/// writing: Linux then ends our reads with ECONNRESET (after the queued reply).
-fn read_until_hangup(s: &mut UnixStream) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => return buf,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return buf,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("reading until the master hangs up: {e}"),
-        }
-    }
-}
-
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// The master still answers `status` (within a few seconds, with no error).
 fn assert_serving(m: &Master, after: &str) {
     let t = Instant::now();
@@ -168,32 +69,10 @@ fn assert_serving(m: &Master, after: &str) {
     );
 }
 
-/// Every worker pid of every pool in a `state` dump.
-fn all_pids(st: &Value) -> Vec<i32> {
-    st["pools"]
-        .as_object()
-        .into_iter()
-        .flat_map(|p| p.values())
-        .flat_map(|p| p["workers"].as_array().cloned().unwrap_or_default())
-        .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
-        .collect()
-}
-
-/// Versions of a pool's workers in a given state.
-fn versions(st: &Value, pool: &str, state: &str) -> Vec<u64> {
-    st["pools"][pool]["workers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|w| w["state"] == state)
-        .filter_map(|w| w["version"].as_u64())
-        .collect()
-}
-
-fn wait_versions(m: &mut Master, pool: &str, n: usize, version: u64) {
+fn wait_versions(m: &Master, pool: &str, n: usize, version: u64) {
     let log = m.log.clone();
     wait_for(
-        &format!(
+        format!(
             "{n} acked workers at version {version} in pool {pool} (log {})",
             log.display()
         ),
@@ -210,14 +89,6 @@ fn wait_versions(m: &mut Master, pool: &str, n: usize, version: u64) {
     );
 }
 
-fn wait_log(m: &Master, what: &str) {
-    wait_for(
-        &format!("{what:?} in the master's log"),
-        Duration::from_secs(20),
-        || m.log_text().contains(what).then_some(()),
-    );
-}
-
 fn rss_kb(pid: i32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
@@ -227,11 +98,9 @@ fn rss_kb(pid: i32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
-// ---- every command through einhyrningsinsctl --------------------------------------
-
 #[test]
 fn every_command_through_the_client_against_two_pools() {
-    let mut m = Master::with_config("ctl-all", TWO_POOLS);
+    let mut m = MasterBuilder::config(TWO_POOLS).start();
     // BRIEF §3: the control socket is created mode 0600.
     let mode = std::fs::metadata(&m.sock)
         .expect("stat socket")
@@ -352,10 +221,25 @@ fn every_command_through_the_client_against_two_pools() {
     // of it, and is replaced; the web pool is not touched.
     let web_before = m.pids("web", "acked");
     ctl_ok(&m, &["--pool", "api", "signal", "USR1"]);
-    wait_log(&m, &format!("worker pid {} ", api[0]));
-    wait_log(&m, "killed by SIGUSR1");
-    let api2 = m.wait_acked("api", 1);
+    let api2 = m.wait_state("a new api worker", Duration::from_secs(30), |st| {
+        let ws = workers(st, "api");
+        let acked: Vec<i32> = ws
+            .iter()
+            .filter(|w| w["state"] == "acked")
+            .filter_map(|w| w["pid"].as_i64().map(|p| p as i32))
+            .collect();
+        (ws.len() == 1 && acked.len() == 1 && acked != api).then_some(acked)
+    });
     assert_ne!(api2, api, "the api worker should have died of USR1");
+    assert!(!alive(api[0]));
+    // What it died of: only the log says.
+    let log = m.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("worker pid {} ", api[0]))
+                && l.contains("killed by SIGUSR1")),
+        "{log}"
+    );
     assert_eq!(m.pids("web", "acked"), web_before);
 
     // upgrade (every pool): streamed progress, then done; every worker is new.
@@ -368,13 +252,13 @@ fn every_command_through_the_client_against_two_pools() {
     let st = m.state();
     assert_eq!(versions(&st, "web", "acked"), vec![2, 2], "{st}");
     assert_eq!(versions(&st, "api", "acked"), vec![2], "{st}");
-    wait_versions(&mut m, "web", 2, 2);
-    wait_versions(&mut m, "api", 1, 2);
+    wait_versions(&m, "web", 2, 2);
+    wait_versions(&m, "api", 1, 2);
 
     // upgrade_fleet of one pool.
     let out = ctl_ok(&m, &["upgrade_fleet", "--pool", "web"]);
     assert!(out.trim_end().ends_with("Upgrade done"), "{out}");
-    wait_versions(&mut m, "web", 2, 3);
+    wait_versions(&m, "web", 2, 3);
     assert_eq!(versions(&m.state(), "api", "acked"), vec![2]);
 
     // reload of an unchanged file: nothing to apply, nobody touched
@@ -388,13 +272,13 @@ fn every_command_through_the_client_against_two_pools() {
     assert_eq!(all_pids(&m.state()), before);
 
     // louder / quieter move the master's log level.
-    let level = |m: &mut Master| m.state()["master"]["log_level"].as_str().map(String::from);
-    assert_eq!(level(&mut m).as_deref(), Some("INFO"));
+    let level = |m: &Master| m.state()["master"]["log_level"].as_str().map(String::from);
+    assert_eq!(level(&m).as_deref(), Some("INFO"));
     let out = ctl_ok(&m, &["louder"]);
     assert!(out.contains("DEBUG"), "{out}");
-    assert_eq!(level(&mut m).as_deref(), Some("DEBUG"));
+    assert_eq!(level(&m).as_deref(), Some("DEBUG"));
     ctl_ok(&m, &["quieter"]);
-    assert_eq!(level(&mut m).as_deref(), Some("INFO"));
+    assert_eq!(level(&m).as_deref(), Some("INFO"));
 
     // die: the master drains every worker and exits 0, leaving none behind.
     let pids = all_pids(&m.state());
@@ -406,9 +290,15 @@ fn every_command_through_the_client_against_two_pools() {
         "{}",
         m.log_text()
     );
+    // The master is gone: the workers' own log lines (written before they
+    // exited, and the master waited for that) say which signal they got.
+    let log = m.log_text();
     for pid in pids {
         assert!(!alive(pid), "worker {pid} outlived the master");
-        wait_log(&m, &format!("pid={pid} stopping on SIGUSR2"));
+        assert!(
+            log.contains(&format!("pid={pid} stopping on SIGUSR2")),
+            "{log}"
+        );
     }
     assert!(
         !m.sock.exists(),
@@ -418,11 +308,9 @@ fn every_command_through_the_client_against_two_pools() {
     assert_eq!(code, 3, "no master: {err}");
 }
 
-// ---- einhorn's YAML framing over a raw socket ---------------------------------------
-
 #[test]
 fn einhorn_yaml_requests_get_yaml_replies() {
-    let mut m = Master::with_config("ctl-yaml", TWO_POOLS);
+    let mut m = MasterBuilder::config(TWO_POOLS).start();
     m.wait_acked("web", 2);
     m.wait_acked("api", 1);
 
@@ -506,8 +394,8 @@ fn einhorn_yaml_requests_get_yaml_replies() {
         lossy(last),
         "---%0Amessage: Upgrade done%0Arequest_id: 2%0A\n"
     );
-    wait_versions(&mut m, "web", 2, 2);
-    wait_versions(&mut m, "api", 1, 2);
+    wait_versions(&m, "web", 2, 2);
+    wait_versions(&m, "api", 1, 2);
 
     // Other commands answer in YAML too.
     for (req, want) in [
@@ -536,7 +424,7 @@ fn einhorn_yaml_requests_get_yaml_replies() {
         lossy(lines.last().expect("reply")),
         "---%0Amessage: Upgrade done%0Arequest_id: 8%0A\n"
     );
-    wait_versions(&mut m, "api", 1, 3);
+    wait_versions(&m, "api", 1, 3);
 
     // die TERM: the workers get SIGTERM rather than their stop signal.
     let pids = all_pids(&m.state());
@@ -548,92 +436,19 @@ fn einhorn_yaml_requests_get_yaml_replies() {
         "{}",
         m.log_text()
     );
+    let log = m.log_text();
     for pid in pids {
         assert!(!alive(pid), "worker {pid} outlived the master");
-        wait_log(&m, &format!("pid={pid} stopping on SIGTERM"));
+        assert!(
+            log.contains(&format!("pid={pid} stopping on SIGTERM")),
+            "{log}"
+        );
     }
 }
 
-// ---- worker:ack and worker:ping from a raw socket ----------------------------------
-
-#[test]
-fn worker_ack_and_ping_in_both_encodings() {
-    let mut m = Master::with_config(
-        "ctl-ack",
-        r#"
-[control]
-socket = "{sock}"
-[pools.web]
-command = ["{worker}", "--no-ack"]
-count = 2
-ack = "manual"
-ack_timeout = "60s"
-"#,
-    );
-    let log = m.log.clone();
-    let pids = wait_for(
-        &format!("2 unacked workers (log {})", log.display()),
-        Duration::from_secs(20),
-        || {
-            let p = m.pids("web", "unacked");
-            (p.len() == 2).then_some(p)
-        },
-    );
-    let (a, b) = (pids[0], pids[1]);
-
-    // JSON ack on a worker's behalf: no reply, the master hangs up.
-    let mut s = connect(&m);
-    s.write_all(format!("{{\"command\":\"worker:ack\",\"pid\":{a}}}\n").as_bytes())
-        .expect("send ack");
-    assert_eq!(lossy(&read_to_eof(&mut s)), "", "worker:ack got a reply");
-    wait_for("pid a acked", Duration::from_secs(10), || {
-        m.pids("web", "acked").contains(&a).then_some(())
-    });
-    assert_eq!(m.pids("web", "unacked"), vec![b]);
-
-    // einhorn's own ack (Einhorn::Worker.ack!), byte for byte.
-    let mut s = connect(&m);
-    s.write_all(format!("---%0Acommand: worker:ack%0Apid: {b}%0A\n").as_bytes())
-        .expect("send ack");
-    assert_eq!(lossy(&read_to_eof(&mut s)), "", "worker:ack got a reply");
-    assert_eq!(m.wait_acked("web", 2), vec![a, b]);
-
-    // worker:ping, YAML with a string request_id and JSON with a number.
-    let mut s = connect(&m);
-    s.write_all(
-        format!("---%0Acommand: worker:ping%0Apid: {a}%0Arequest_id: req-17%0A\n").as_bytes(),
-    )
-    .expect("send ping");
-    assert_eq!(lossy(&read_to_eof(&mut s)), "", "worker:ping got a reply");
-    let mut s = connect(&m);
-    s.write_all(
-        format!("{{\"command\":\"worker:ping\",\"pid\":{b},\"request_id\":\"job-9\"}}\n")
-            .as_bytes(),
-    )
-    .expect("send ping");
-    assert_eq!(lossy(&read_to_eof(&mut s)), "", "worker:ping got a reply");
-    let st = m.state();
-    let ws = st["pools"]["web"]["workers"].as_array().expect("workers");
-    let ping = |pid: i32| {
-        ws.iter()
-            .find(|w| w["pid"] == pid)
-            .map(|w| w["last_ping"]["request_id"].clone())
-    };
-    assert_eq!(ping(a), Some(json!("req-17")), "{st}");
-    assert_eq!(ping(b), Some(json!("job-9")), "{st}");
-    let status = m.cmd("status", &[], None).0;
-    assert!(
-        status.contains("req-17"),
-        "status should show the ping: {status}"
-    );
-}
-
-// ---- bad input -----------------------------------------------------------------------
-
 #[test]
 fn bad_input_gets_an_error_and_the_master_carries_on() {
-    let mut m = Master::with_config(
-        "ctl-bad",
+    let m = MasterBuilder::config(
         r#"
 [control]
 socket = "{sock}"
@@ -642,7 +457,8 @@ command = ["{worker}"]
 count = 1
 ack = "manual"
 "#,
-    );
+    )
+    .start();
     m.wait_acked("web", 1);
 
     // A 10 MB line without a newline: an error reply, then the master hangs up,
@@ -726,7 +542,8 @@ ack = "manual"
     assert!(r.error, "{r:?}");
     assert_serving(&m, "a YAML list");
 
-    // worker:ack for pids that are not workers: no reply, hang up, nothing acked.
+    // worker:ack for pids that are not workers, from a process that is not
+    // one either: no reply, hang up, nothing acked.
     for pid in [1, 999_999] {
         let mut s = connect(&m);
         s.write_all(format!("{{\"command\":\"worker:ack\",\"pid\":{pid}}}\n").as_bytes())
@@ -734,7 +551,12 @@ ack = "manual"
         assert_eq!(lossy(&read_to_eof(&mut s)), "");
         assert_serving(&m, &format!("worker:ack for pid {pid}"));
     }
-    wait_log(&m, "pid 999999 is not a worker");
+    // Nothing was acked; the operator is told about the stray acks.
+    assert_eq!(m.state()["pools"]["web"]["acked"], 1);
+    m.wait_state("2 refused acks", Duration::from_secs(20), |st| {
+        (st["master"]["rejected_worker_messages"]["count"] == 2).then_some(())
+    });
+    m.wait_log("worker:ack for pid 999999 refused", Duration::from_secs(20));
 
     // A client that asks for an upgrade and hangs up at once: the upgrade still
     // runs to completion and the master keeps serving.
@@ -744,7 +566,7 @@ ack = "manual"
             .expect("send");
     }
     assert_serving(&m, "an upgrade whose client left");
-    wait_versions(&mut m, "web", 1, 2);
+    wait_versions(&m, "web", 1, 2);
     assert_serving(&m, "the orphaned upgrade finished");
 
     // 50 clients at once, each asking for status.
@@ -825,8 +647,7 @@ ack = "manual"
 /// stops reading from it (the client's writes block), and resumes when it reads.
 #[test]
 fn a_client_that_never_reads_is_throttled_not_buffered() {
-    let mut m = Master::with_config(
-        "ctl-pipe",
+    let m = MasterBuilder::config(
         r#"
 [control]
 socket = "{sock}"
@@ -835,7 +656,8 @@ command = ["{worker}"]
 count = 1
 ack = "manual"
 "#,
-    );
+    )
+    .start();
     m.wait_acked("web", 1);
     let hwm_before = rss_kb(m.pid(), "VmHWM:");
 
@@ -883,8 +705,6 @@ ack = "manual"
     assert_serving(&m, "the pipelining client read its replies");
 }
 
-// ---- SO_PEERCRED -------------------------------------------------------------------------
-
 /// A python3 client running as uid/gid 65534: connects, sends `status`, prints
 /// what the master sends until it hangs up or answers one line.
 fn client_as_nobody(sock: &std::path::Path) -> Output {
@@ -908,13 +728,12 @@ while not buf.endswith(b'\n'):
     buf += d
 sys.stdout.write(buf.decode())
 "#;
-    Command::new("python3")
+    Proc::new("python3")
         .arg("-c")
         .arg(SCRIPT)
         .arg(sock)
         .uid(65534)
         .gid(65534)
-        .stdin(Stdio::null())
         .output()
         .expect("run python3 as uid 65534")
 }
@@ -940,7 +759,7 @@ ack_timer = "50ms"
         )
     };
     // mode 0666 lets uid 65534 connect(2) at all; the master then refuses it.
-    let mut m = Master::with_config("ctl-cred", &conf(""));
+    let m = MasterBuilder::config(&conf("")).start();
     std::fs::set_permissions(m.dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod temp dir");
     let mode = std::fs::metadata(&m.sock)
@@ -959,7 +778,10 @@ ack_timer = "50ms"
             .is_some_and(|s| s.contains("permission denied")),
         "{r}"
     );
-    wait_log(&m, "refused a connection from uid 65534");
+    m.wait_log(
+        "refused a connection from uid 65534",
+        Duration::from_secs(20),
+    );
     // The client shows the master's refusal (not "broken pipe": the master
     // hangs up at once, often before the client's request is written).
     for _ in 0..5 {
@@ -971,7 +793,7 @@ ack_timer = "50ms"
     assert_serving(&m, "a refused client");
     drop(m);
 
-    let mut m = Master::with_config("ctl-cred-ok", &conf("allow_uids = [65534]"));
+    let m = MasterBuilder::config(&conf("allow_uids = [65534]")).start();
     std::fs::set_permissions(m.dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod temp dir");
     m.wait_acked("web", 1);
@@ -995,26 +817,22 @@ ack_timer = "50ms"
 }
 
 fn ctl_as_nobody(m: &Master, command: &str) -> Output {
-    Command::new(CTL)
+    Proc::new(CTL)
         .arg("-d")
         .arg(&m.sock)
         .arg(command)
         .uid(65534)
         .gid(65534)
-        .stdin(Stdio::null())
         .output()
         .expect("run einhyrningsinsctl as uid 65534")
 }
-
-// ---- running out of file descriptors ------------------------------------------
 
 /// With its fd limit reached the master cannot accept; clients left in the
 /// listen backlog must still be served once fds free up (edge-triggered epoll
 /// will not report them again: the master retries on a timer).
 #[test]
 fn clients_queued_while_out_of_fds_are_served_once_fds_free_up() {
-    let (dir, sock, cfg) = Master::prepare_config(
-        "ctl-emfile",
+    let m = MasterBuilder::config(
         r#"
 [control]
 socket = "{sock}"
@@ -1022,32 +840,17 @@ socket = "{sock}"
 command = ["{worker}"]
 count = 1
 "#,
-    );
-    let mut cmd = std::process::Command::new(MASTER);
-    cmd.arg("--config").arg(&cfg).arg("--no-watch");
-    // SAFETY: setrlimit is async-signal-safe; no allocation in the closure.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 24,
-                rlim_max: 24,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let m = Master::from_command(dir, sock.clone(), cmd);
+    )
+    .args(&["--no-watch"])
+    .fd_limit(24)
+    .start();
+    let sock = m.sock.clone();
     // More clients than the master has fds: the later ones wait in the backlog.
     let mut clients: Vec<UnixStream> = (0..40)
         .map(|_| UnixStream::connect(&sock).expect("connect"))
         .collect();
-    wait_for(
-        "the master to run out of fds",
-        Duration::from_secs(10),
-        || m.log_text().contains("accept failed").then_some(()),
-    );
+    // Only the log shows that accept(2) failed (no client can ask `state`).
+    m.wait_log("accept failed", Duration::from_secs(10));
     let mut last = clients.pop().expect("a queued client");
     clients.clear(); // frees the master's fds once it sees the hang-ups
     last.set_read_timeout(Some(Duration::from_secs(10))).ok();
@@ -1087,10 +890,10 @@ fn past_the_client_limit_the_idlest_connection_makes_room_with_a_reason() {
     unsafe {
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
-    let m = Master::with_config(
-        "ctl-maxclients",
+    let m = MasterBuilder::config(
         "[control]\nsocket = \"{sock}\"\n[pools.web]\ncommand = [\"{worker}\"]\n",
-    );
+    )
+    .start();
     // More clients than allowed. Each gets one line: an answer, or the refusal
     // (sent at accept time). Exactly MAX is racy (the harness's own probe
     // connection may not be reaped yet), so check the bounds.
@@ -1114,8 +917,6 @@ fn past_the_client_limit_the_idlest_connection_makes_room_with_a_reason() {
     }
     assert!((MAX - 8..=MAX).contains(&served), "served {served}");
     assert!(refused >= 20, "refused {refused}");
-    // The idlest went first: the newest client was served.
-    assert!(served > 0);
     // Room again once clients leave.
     clients.clear();
     let (msg, err) = wait_for(

@@ -2,17 +2,11 @@
 //! ehlo, status (a multi-line reply), a streamed upgrade, an error, worker:ack.
 //! Skipped with a note when `ruby` is not installed (.ci/run installs it).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
-
-use std::process::Command;
-
-use common::*;
+use crate::support::*;
 
 fn ruby(sock: &std::path::Path, args: &[&str]) -> Option<String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ruby/einhorn_client.rb");
-    let out = Command::new("ruby")
+    let out = Proc::new("ruby")
         .arg(script)
         .arg(sock)
         .args(args)
@@ -28,17 +22,18 @@ fn ruby(sock: &std::path::Path, args: &[&str]) -> Option<String> {
 
 #[test]
 fn einhorns_ruby_transport_talks_to_the_master() {
-    if Command::new("ruby").arg("-v").output().is_err() {
+    if Proc::new("ruby").arg("-v").output().is_err() {
         eprintln!("note: ruby not installed; skipping the Ruby interop test");
         return;
     }
-    let mut m = Master::with_config(
-        "ruby",
-        r#"
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ruby/einhorn_client.rb");
+    let m = MasterBuilder::config(
+        &r#"
 [control]
 socket = "{sock}"
 [pools.web]
-command = ["{worker}", "--no-ack"]
+command = ["ruby", "RUBY_CLIENT", "{sock}", "worker"]
+env = { READY_DIR = "{dir}" }
 count = 2
 ack = "manual"
 ack_timeout = "30s"
@@ -47,12 +42,14 @@ binds = ["127.0.0.1:0"]
 command = ["{worker}", "--no-ack"]
 count = 2
 ack_timer = "50ms"
-"#,
-    );
+"#
+        .replace("RUBY_CLIENT", script),
+    )
+    .start();
     let ehlo = ruby(&m.sock, &["ehlo"]).unwrap_or_default();
     assert!(ehlo.starts_with("final: Hello"), "{ehlo}");
 
-    // The workers never ack by themselves: ack them the way Einhorn::Worker.ack! does.
+    // The workers (Ruby) ack when told, the way Einhorn::Worker.ack! does.
     let unacked = wait_for(
         "two unacked workers",
         std::time::Duration::from_secs(10),
@@ -61,9 +58,27 @@ ack_timer = "50ms"
             (p.len() == 2).then_some(p)
         },
     );
+    // An ack framed the same way from a process that is not the worker (this
+    // test) is refused: the master hangs up and acks nothing.
+    let out = ruby(&m.sock, &["worker:ack", &unacked[0].to_string()]).unwrap_or_default();
+    assert_eq!(out.trim(), "closed");
+    m.wait_state(
+        "the stray ack refused",
+        std::time::Duration::from_secs(10),
+        |st| (st["master"]["rejected_worker_messages"]["count"] == 1).then_some(()),
+    );
+    assert_eq!(m.pids("web", "unacked").len(), 2);
     for pid in &unacked {
-        let out = ruby(&m.sock, &["worker:ack", &pid.to_string()]).unwrap_or_default();
-        assert_eq!(out.trim(), "closed");
+        let ready = m.dir.join(format!("ready-{pid}"));
+        wait_for(
+            "the ruby worker's trap",
+            std::time::Duration::from_secs(10),
+            || ready.exists().then_some(()),
+        );
+        // SAFETY: kill(2) on a worker pid the test just read from state.
+        unsafe {
+            libc::kill(*pid, libc::SIGUSR1);
+        }
     }
     assert_eq!(m.wait_acked("web", 2), unacked);
 
