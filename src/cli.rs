@@ -121,16 +121,8 @@ SIGNALS (sent to the master)
     CHLD         reap; a worker that died unasked is replaced
 
 CONFIGURATION FILE (--config, check)
-    [control] socket, mode, allow_uids     [log] level, syslog, syslog_socket
-    [watch] enabled, debounce
-    [master] pidfile, lockfile, command_name, subreaper
-    [pools.NAME] command (argv array, no shell), count, binds (as -b), drop_env,
-      env, cwd, ack (\"timer\"|\"manual\"|\"notify\"), ack_timer, ack_timeout,
-      retries, respawn_delay, stop_signal, stop_timeout, max_unacked, max_surge,
-      upgrade (\"smooth\"|\"fleet\"), watch, command_socket_as_fd,
-      kill_children_on_exit, socket_protocol ([\"einhorn\"], [\"systemd\"] or
-      both), watchdog (notify ack)
-    Durations: \"500ms\", \"2s\", \"1m\" or a number of seconds. Relative paths are
+{KEYS}    Every key, its type, default and reload effect: einhyrningsins.toml(5),
+    docs/configuration.md. Durations: \"500ms\", \"2s\", \"1m\" or a number of seconds. Relative paths are
     relative to the master's working directory. With --config, only -v, -q, -d,
     --syslog, --watch/--no-watch, -e, -f and -c may be given; they override the file.
 
@@ -154,6 +146,11 @@ EXIT STATUS
     2   usage error or invalid configuration (file, key and line are named),
         including an address that cannot be bound at start";
 
+/// `--help`'s epilogue, with the file's keys listed from the schema.
+fn after_long_help() -> String {
+    AFTER_LONG_HELP.replace("{KEYS}", &config::schema::help_summary())
+}
+
 /// The classic flags. Field names are the clap ids used to spot flags that make
 /// no sense together with `--config`.
 #[derive(Parser, Debug)]
@@ -162,7 +159,6 @@ EXIT STATUS
     version,
     about = "Graceful restarts for socket-based daemons (einhorn-compatible socket master)",
     long_about = LONG_ABOUT,
-    after_long_help = AFTER_LONG_HELP,
     override_usage = "einhyrningsins [OPTIONS] [--] PROGRAM [ARGS...]\n       \
                       einhyrningsins --config FILE [GLOBAL OPTIONS]\n       \
                       einhyrningsins check FILE"
@@ -497,7 +493,7 @@ where
         let c = CheckArgs::try_parse_from(sub)?;
         return Ok(Invocation::Check(c.file));
     }
-    let mut cmd = Args::command();
+    let mut cmd = Args::command().after_long_help(after_long_help());
     let matches = cmd.try_get_matches_from_mut(rewrite_ack_flag(args))?;
     let a = Args::from_arg_matches(&matches)?;
 

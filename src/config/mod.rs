@@ -24,6 +24,7 @@
 mod bind;
 mod diff;
 mod error;
+pub(crate) mod schema;
 mod summary;
 mod validate;
 mod value;
@@ -283,3 +284,6 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -277,9 +277,7 @@ fn ranges_and_formats() {
         ("pools.a.count", Some(3)),
         "{e:?}"
     );
-    assert!(
-        Config::from_toml_str("[pools.a]\ncommand=[\"a\"]\ncount = 100000\n", None).is_ok()
-    );
+    assert!(Config::from_toml_str("[pools.a]\ncommand=[\"a\"]\ncount = 100000\n", None).is_ok());
 }
 
 #[test]
@@ -510,43 +508,133 @@ fn diff_scale_only_and_rolled_keys() -> Result<(), ConfigErrors> {
     Ok(())
 }
 
+/// Change one pool key of `base` to another valid value; the effect the
+/// reload diff decides for it (`None`: no such key in this sweep).
+pub(super) fn change_one(base: &PoolConfig, key: &str) -> Option<super::diff::Effect> {
+    use super::diff::pool_changes;
+    let d = std::time::Duration::from_millis(1234);
+    let mut n = base.clone();
+    match key {
+        "command" => n.command = vec!["./b".into()],
+        "count" => n.count = 7,
+        "binds" => n.binds = vec![BindSpec::parse("127.0.0.1:1").unwrap_or_else(|e| panic!("{e}"))],
+        "drop_env" => n.drop_env = vec!["X".into()],
+        "env" => {
+            n.env.insert("A".into(), "b".into());
+        }
+        "cwd" => n.cwd = Some("/".into()),
+        "ack" => n.ack = AckMode::Manual,
+        "ack_timer" => n.ack_timer = d,
+        "ack_timeout" => n.ack_timeout = d,
+        "retries" => n.retries = Some(2),
+        "respawn_delay" => n.respawn_delay = d,
+        "stop_signal" => n.stop_signal = nix::sys::signal::Signal::SIGTERM,
+        "stop_timeout" => n.stop_timeout = d,
+        "max_unacked" => n.max_unacked = 99,
+        "max_surge" => n.max_surge = Some(3),
+        "upgrade" => n.upgrade = UpgradeStrategy::Fleet,
+        "watch" => n.watch = vec!["/x".into()],
+        "command_socket_as_fd" => n.command_socket_as_fd = true,
+        "kill_children_on_exit" => n.kill_children_on_exit = true,
+        "socket_protocol" => n.socket_protocol.systemd = true,
+        "watchdog" => n.watchdog = Some(d),
+        _ => return None,
+    }
+    match pool_changes(base, &n).as_slice() {
+        [(k, e)] if *k == key => Some(*e),
+        other => panic!("changing {key} changed {other:?}"),
+    }
+}
+
 #[test]
 fn every_pool_key_has_a_reload_effect() {
     use super::diff::{pool_changes, Effect};
     let base = PoolConfig::new("p", vec!["./a".into()]);
-    let one = |f: &dyn Fn(&mut PoolConfig)| {
-        let mut n = base.clone();
-        f(&mut n);
-        pool_changes(&base, &n)
-    };
-    let d = std::time::Duration::from_millis(1234);
-    let cases: Vec<(&str, Effect, Vec<(&'static str, Effect)>)> = vec![
-        ("command", Effect::Roll, one(&|p| p.command = vec!["./b".into()])),
-        ("count", Effect::Scale, one(&|p| p.count = 7)),
-        ("binds", Effect::Roll, one(&|p| p.binds = vec![BindSpec::parse("127.0.0.1:1").unwrap_or_else(|e| panic!("{e}"))])),
-        ("drop_env", Effect::Roll, one(&|p| p.drop_env = vec!["X".into()])),
-        ("env", Effect::Roll, one(&|p| { p.env.insert("A".into(), "b".into()); })),
-        ("cwd", Effect::Roll, one(&|p| p.cwd = Some("/".into()))),
-        ("ack", Effect::Roll, one(&|p| p.ack = AckMode::Manual)),
-        ("ack_timer", Effect::Roll, one(&|p| p.ack_timer = d)),
-        ("ack_timeout", Effect::Roll, one(&|p| p.ack_timeout = d)),
-        ("retries", Effect::Retune, one(&|p| p.retries = Some(2))),
-        ("respawn_delay", Effect::Retune, one(&|p| p.respawn_delay = d)),
-        ("stop_signal", Effect::Retune, one(&|p| p.stop_signal = nix::sys::signal::Signal::SIGTERM)),
-        ("stop_timeout", Effect::Retune, one(&|p| p.stop_timeout = d)),
-        ("max_unacked", Effect::Retune, one(&|p| p.max_unacked = 99)),
-        ("max_surge", Effect::Retune, one(&|p| p.max_surge = Some(3))),
-        ("upgrade", Effect::Retune, one(&|p| p.upgrade = UpgradeStrategy::Fleet)),
-        ("watch", Effect::Retune, one(&|p| p.watch = vec!["/x".into()])),
-        ("command_socket_as_fd", Effect::Roll, one(&|p| p.command_socket_as_fd = true)),
-        ("kill_children_on_exit", Effect::Roll, one(&|p| p.kill_children_on_exit = true)),
-        ("socket_protocol", Effect::Roll, one(&|p| p.socket_protocol.systemd = true)),
-        ("watchdog", Effect::Roll, one(&|p| p.watchdog = Some(d))),
-    ];
-    for (key, effect, got) in cases {
-        assert_eq!(got, vec![(key, effect)], "{key}");
+    for (key, effect) in [
+        ("command", Effect::Roll),
+        ("count", Effect::Scale),
+        ("binds", Effect::Roll),
+        ("drop_env", Effect::Roll),
+        ("env", Effect::Roll),
+        ("cwd", Effect::Roll),
+        ("ack", Effect::Roll),
+        ("ack_timer", Effect::Roll),
+        ("ack_timeout", Effect::Roll),
+        ("retries", Effect::Retune),
+        ("respawn_delay", Effect::Retune),
+        ("stop_signal", Effect::Retune),
+        ("stop_timeout", Effect::Retune),
+        ("max_unacked", Effect::Retune),
+        ("max_surge", Effect::Retune),
+        ("upgrade", Effect::Retune),
+        ("watch", Effect::Retune),
+        ("command_socket_as_fd", Effect::Roll),
+        ("kill_children_on_exit", Effect::Roll),
+        ("socket_protocol", Effect::Roll),
+        ("watchdog", Effect::Roll),
+    ] {
+        assert_eq!(change_one(&base, key), Some(effect), "{key}");
     }
     assert!(pool_changes(&base, &base.clone()).is_empty());
+}
+
+/// Every key of the schema is understood by the parser: a file setting it
+/// (to a valid value) has no "unknown key" error.
+#[test]
+fn the_parser_knows_every_key_of_the_schema() {
+    use super::schema::{Section, KEYS};
+    let sample = |section: Section, name: &str| -> &'static str {
+        match (section, name) {
+            (Section::Control, "socket") => "\"/tmp/x.sock\"",
+            (Section::Control, "mode") => "\"0600\"",
+            (Section::Control, "allow_uids") => "[1000]",
+            (Section::Log, "level") => "\"debug\"",
+            (Section::Log, "syslog_socket") => "\"/dev/log\"",
+            (Section::Watch, "debounce") => "\"1s\"",
+            (Section::MasterProcess, "command_name") => "\"app\"",
+            (Section::MasterProcess, "pidfile" | "lockfile") => "\"/tmp/x\"",
+            (_, "syslog" | "enabled" | "subreaper") => "true",
+            (Section::Pool, "command") => "[\"./w\"]",
+            (Section::Pool, "count" | "retries" | "max_unacked" | "max_surge") => "2",
+            (Section::Pool, "binds") => "[\"127.0.0.1:0\"]",
+            (Section::Pool, "drop_env") => "[\"X\"]",
+            (Section::Pool, "env") => "{ A = \"b\" }",
+            (Section::Pool, "cwd") => "\"/\"",
+            (Section::Pool, "ack") => "\"notify\"",
+            (Section::Pool, "stop_signal") => "\"TERM\"",
+            (Section::Pool, "upgrade") => "\"fleet\"",
+            (Section::Pool, "watch") => "[\"/x\"]",
+            (Section::Pool, "command_socket_as_fd" | "kill_children_on_exit") => "true",
+            (Section::Pool, "socket_protocol") => "[\"systemd\"]",
+            _ => "\"2s\"",
+        }
+    };
+    for k in KEYS {
+        let text = match k.section {
+            Section::Pool => {
+                // A notify pool, so that `watchdog` is valid too.
+                let mut lines = vec![
+                    ("command", "[\"./w\"]".to_string()),
+                    ("ack", "\"notify\"".to_string()),
+                ];
+                match lines.iter_mut().find(|(n, _)| *n == k.name) {
+                    Some(l) => l.1 = sample(k.section, k.name).to_string(),
+                    None => lines.push((k.name, sample(k.section, k.name).to_string())),
+                }
+                let body: String = lines.iter().map(|(n, v)| format!("{n} = {v}\n")).collect();
+                format!("[pools.web]\n{body}")
+            }
+            s => format!(
+                "[{}]\n{} = {}\n[pools.web]\ncommand = [\"./w\"]\n",
+                s.table(),
+                k.name,
+                sample(k.section, k.name)
+            ),
+        };
+        if let Err(e) = Config::from_toml_str(&text, None) {
+            panic!("{}.{}: {e}\n{text}", k.section.table(), k.name);
+        }
+    }
 }
 
 /// Durations are bounded where they are written: a value `check` accepts can
@@ -561,10 +649,12 @@ fn absurd_durations_are_refused_with_key_and_line() {
         "watchdog",
     ] {
         for value in ["\"1e19\"", "1e19", "\"8d\"", "604801", "\"1000000h\""] {
-            let ack = if key == "watchdog" { "ack = \"notify\"\n" } else { "" };
-            let text = format!(
-                "[pools.web]\ncommand = [\"./w\"]\n{ack}{key} = {value}\n"
-            );
+            let ack = if key == "watchdog" {
+                "ack = \"notify\"\n"
+            } else {
+                ""
+            };
+            let text = format!("[pools.web]\ncommand = [\"./w\"]\n{ack}{key} = {value}\n");
             let errs = errors_of(&text);
             assert!(
                 errs.iter().any(|e| e.key == format!("pools.web.{key}")
@@ -575,10 +665,7 @@ fn absurd_durations_are_refused_with_key_and_line() {
         }
     }
     let errs = errors_of("[watch]\ndebounce = \"1e19\"\n[pools.web]\ncommand = [\"./w\"]\n");
-    assert!(
-        errs.iter().any(|e| e.key == "watch.debounce"),
-        "{errs:?}"
-    );
+    assert!(errs.iter().any(|e| e.key == "watch.debounce"), "{errs:?}");
     // The maximum itself is fine.
     let ok = Config::from_toml_str(
         "[pools.web]\ncommand = [\"./w\"]\nstop_timeout = \"7d\"\n",

@@ -9,6 +9,7 @@ use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use super::schema;
 use super::*;
 
 // ---------------------------------------------------------------------------
@@ -79,33 +80,6 @@ impl Config {
 type Val<'i> = Spanned<DeValue<'i>>;
 
 const TOP_KEYS: &[&str] = &["control", "log", "watch", "master", "pools"];
-const CONTROL_KEYS: &[&str] = &["socket", "mode", "allow_uids"];
-const LOG_KEYS: &[&str] = &["level", "syslog", "syslog_socket"];
-const WATCH_KEYS: &[&str] = &["enabled", "debounce"];
-const MASTER_KEYS: &[&str] = &["pidfile", "lockfile", "command_name", "subreaper"];
-const POOL_KEYS: &[&str] = &[
-    "command",
-    "count",
-    "binds",
-    "drop_env",
-    "env",
-    "cwd",
-    "ack",
-    "ack_timer",
-    "ack_timeout",
-    "retries",
-    "respawn_delay",
-    "stop_signal",
-    "stop_timeout",
-    "max_unacked",
-    "max_surge",
-    "upgrade",
-    "watch",
-    "command_socket_as_fd",
-    "kill_children_on_exit",
-    "socket_protocol",
-    "watchdog",
-];
 
 struct Walker<'a> {
     text: &'a str,
@@ -361,7 +335,12 @@ impl Walker<'_> {
                         out.allow_uids = u;
                     }
                 }
-                _ => self.unknown("control", &name, kspan, CONTROL_KEYS),
+                _ => self.unknown(
+                    "control",
+                    &name,
+                    kspan,
+                    &schema::names_of(schema::Section::Control),
+                ),
             }
         }
     }
@@ -392,7 +371,7 @@ impl Walker<'_> {
                         out.syslog_socket = Some(p);
                     }
                 }
-                _ => self.unknown("log", &name, kspan, LOG_KEYS),
+                _ => self.unknown("log", &name, kspan, &schema::names_of(schema::Section::Log)),
             }
         }
     }
@@ -415,7 +394,12 @@ impl Walker<'_> {
                         out.debounce = d;
                     }
                 }
-                _ => self.unknown("watch", &name, kspan, WATCH_KEYS),
+                _ => self.unknown(
+                    "watch",
+                    &name,
+                    kspan,
+                    &schema::names_of(schema::Section::Watch),
+                ),
             }
         }
     }
@@ -436,7 +420,12 @@ impl Walker<'_> {
                         out.subreaper = b;
                     }
                 }
-                _ => self.unknown("master", &name, kspan, MASTER_KEYS),
+                _ => self.unknown(
+                    "master",
+                    &name,
+                    kspan,
+                    &schema::names_of(schema::Section::MasterProcess),
+                ),
             }
         }
     }
@@ -614,7 +603,12 @@ impl Walker<'_> {
                     }
                 }
                 "watchdog" => p.watchdog = self.duration(&key, v),
-                _ => self.unknown(&table, &name, kspan, POOL_KEYS),
+                _ => self.unknown(
+                    &table,
+                    &name,
+                    kspan,
+                    &schema::names_of(schema::Section::Pool),
+                ),
             }
         }
         Some(p)

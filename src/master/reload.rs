@@ -129,11 +129,20 @@ impl Master {
         if new.log != self.config.log {
             log::set_max_level(new.log.level);
         }
+        let watching = (self.config.watch.enabled, new.watch.enabled);
         self.config = new;
         for name in &plan.removed {
             self.debounce.cancel(&WatchOwner::Pool(name.clone()));
         }
-        self.watch_config();
+        match watching {
+            (false, true) => self.start_watcher(),
+            (true, false) => {
+                log::info!("file watching is off");
+                self.watcher = None;
+                self.held.clear();
+            }
+            _ => self.watch_config(),
+        }
         Ok(Reloaded {
             summary: format!("Reloaded {}: {}", path.display(), plan.summary()),
             rolled,
