@@ -11,7 +11,9 @@
 //! It has to be light (a benchmark runs 1,000 of them on two cores), so it is one
 //! thread around one mio poll: no thread per connection, slow requests are timers.
 //!
-//! Flags: `--no-ack`, `--ack-yaml`, `--ack-delay-ms N`, `--exit-after-ms N`,
+//! Flags: `--no-ack`, `--ack-yaml`, `--ack-delay-ms N`, `--exit-after-ms N`
+//! (exit at once: a crash), `--fail-after-ms N` (stop accepting, finish what is
+//! in flight, then exit with `--exit-code`: dies unasked, but cleanly),
 //! `--exit-code C`, `--ignore-stop`, `--version-tag TAG`, `--drain-idle-ms N`.
 //!
 //! Endpoints (GET or HEAD):
@@ -21,6 +23,8 @@
 //! - `/fds`: the fds open when the process started (what the master passed), one
 //!   line, space-separated; `/fds/live`: the fds open now
 //! - `/stats`: `conns=<open connections> sleeping=<requests in /sleep> served=<responses>\n`
+//! - `/grow?mb=N`: allocate N MiB more and keep it (a leak, for `max_rss` tests);
+//!   answers the body line, so the caller learns which worker grew
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -64,13 +68,14 @@ const MAX_SLEEP_MS: u64 = 600_000;
 /// live worker. Only connections still idle at its end are closed.
 const DEFAULT_DRAIN_IDLE: Duration = Duration::from_millis(1000);
 const USAGE: &str = "usage: http_worker [--no-ack] [--ack-yaml] [--ack-delay-ms N] \
-[--exit-after-ms N] [--exit-code C] [--ignore-stop] [--version-tag TAG] [--drain-idle-ms N]";
+[--exit-after-ms N] [--fail-after-ms N] [--exit-code C] [--ignore-stop] [--version-tag TAG] [--drain-idle-ms N]";
 
 struct Options {
     ack: bool,
     ack_yaml: bool,
     ack_delay: Duration,
     exit_after: Option<Duration>,
+    fail_after: Option<Duration>,
     exit_code: i32,
     ignore_stop: bool,
     version: String,
@@ -83,6 +88,7 @@ fn parse_args() -> Result<Options, String> {
         ack_yaml: false,
         ack_delay: Duration::ZERO,
         exit_after: None,
+        fail_after: None,
         exit_code: 1,
         ignore_stop: false,
         drain_idle: DEFAULT_DRAIN_IDLE,
@@ -96,6 +102,9 @@ fn parse_args() -> Result<Options, String> {
             "--ack-yaml" => opts.ack_yaml = true,
             "--ignore-stop" => opts.ignore_stop = true,
             "--ack-delay-ms" => opts.ack_delay = Duration::from_millis(number(&arg, value(&arg)?)?),
+            "--fail-after-ms" => {
+                opts.fail_after = Some(Duration::from_millis(number(&arg, value(&arg)?)?))
+            }
             "--exit-after-ms" => {
                 opts.exit_after = Some(Duration::from_millis(number(&arg, value(&arg)?)?))
             }
@@ -492,6 +501,8 @@ struct Worker {
     drain_idle: Duration,
     sleeping: usize,
     served: u64,
+    /// What `/grow` allocated (kept for the life of the worker).
+    leak: Vec<Vec<u8>>,
     pid: u32,
     body_line: String,
     fds_at_start: String,
@@ -678,6 +689,23 @@ impl Worker {
                     self.respond(conn, 400, &body, ka, head);
                 }
             }
+            return;
+        }
+        if path == "/grow" {
+            let mb = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("mb="))
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|&mb| mb <= 1024);
+            let (status, body) = match mb {
+                Some(mb) => {
+                    // Touched, so it is resident, not just reserved.
+                    self.leak.push(vec![1u8; mb << 20]);
+                    (200, self.body_line.clone())
+                }
+                None => (400, "/grow needs mb=0..1024\n".to_string()),
+            };
+            self.respond(conn, status, &body, ka, head);
             return;
         }
         let (status, body) = match path {
@@ -917,6 +945,7 @@ fn run(opts: Options, pid: u32, fds_at_start: String) -> Result<i32, String> {
         drain_idle: opts.drain_idle,
         sleeping: 0,
         served: 0,
+        leak: Vec::new(),
         pid,
         body_line: format!("pid={pid} index={index} version={}\n", opts.version),
         fds_at_start,
@@ -934,6 +963,8 @@ fn run(opts: Options, pid: u32, fds_at_start: String) -> Result<i32, String> {
     let mut ack_at =
         (opts.ack && !matches!(ack_to, AckTo::Nowhere)).then(|| started + opts.ack_delay);
     let exit_at = opts.exit_after.map(|d| started + d);
+    let mut fail_at = opts.fail_after.map(|d| started + d);
+    let mut drained_status = 0;
 
     let mut events = Events::with_capacity(256);
     loop {
@@ -951,19 +982,25 @@ fn run(opts: Options, pid: u32, fds_at_start: String) -> Result<i32, String> {
             );
             return Ok(opts.exit_code);
         }
+        if fail_at.is_some_and(|at| at <= now) {
+            fail_at = None;
+            drained_status = opts.exit_code;
+            w.begin_drain("--fail-after-ms");
+        }
         w.fire_timers(now);
         if w.drain_idle_until.is_some_and(|at| at <= now) {
             w.end_idle_grace();
         }
         if w.draining && w.live == 0 {
-            log!("http_worker pid={pid} drained, exiting 0");
-            return Ok(0);
+            log!("http_worker pid={pid} drained, exiting {drained_status}");
+            return Ok(drained_status);
         }
         let deadline = [
             w.timers.peek().map(|Reverse((at, _, _))| *at),
             w.drain_idle_until,
             ack_at,
             exit_at,
+            fail_at,
         ]
         .into_iter()
         .flatten()

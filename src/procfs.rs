@@ -31,6 +31,23 @@ pub fn ancestors(pid: i32, stop: i32, max: usize) -> Vec<i32> {
     out
 }
 
+/// Resident set size of `pid` in bytes (/proc/PID/statm), `None` if gone.
+pub fn rss(pid: i32) -> Option<u64> {
+    let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_size())
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 {
+        n as u64
+    } else {
+        4096
+    }
+}
+
 /// Whether `pid` exists (a zombie counts: it still has its /proc entry).
 pub fn exists(pid: i32) -> bool {
     fs::metadata(format!("/proc/{pid}")).is_ok()
@@ -51,6 +68,11 @@ mod tests {
         }
         assert!(!chain.contains(&1));
         assert!(exists(me));
+        assert!(
+            rss(me).is_some_and(|b| b > 100_000),
+            "our RSS: {:?}",
+            rss(me)
+        );
         // Pids are at most 2^22 on Linux.
         assert_eq!(parent(i32::MAX), None);
         assert!(ancestors(i32::MAX, 0, 64).is_empty());

@@ -65,6 +65,13 @@ pub fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<(&'static str, Ef
         kill_children_on_exit,
         socket_protocol,
         watchdog,
+        canary,
+        canary_hold,
+        max_age,
+        max_age_jitter,
+        max_rss,
+        max_rss_interval,
+        heartbeat_timeout,
     } = old;
     let mut out = Vec::new();
     let mut key = |changed: bool, name: &'static str, effect: Effect| {
@@ -105,6 +112,25 @@ pub fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<(&'static str, Ef
         Roll,
     );
     key(*watchdog != new.watchdog, "watchdog", Roll);
+    key(*canary != new.canary, "canary", Retune);
+    key(*canary_hold != new.canary_hold, "canary_hold", Retune);
+    key(*max_age != new.max_age, "max_age", Retune);
+    key(
+        *max_age_jitter != new.max_age_jitter,
+        "max_age_jitter",
+        Retune,
+    );
+    key(*max_rss != new.max_rss, "max_rss", Retune);
+    key(
+        *max_rss_interval != new.max_rss_interval,
+        "max_rss_interval",
+        Retune,
+    );
+    key(
+        *heartbeat_timeout != new.heartbeat_timeout,
+        "heartbeat_timeout",
+        Retune,
+    );
     out
 }
 

@@ -174,6 +174,23 @@ pub struct PoolConfig {
     /// `ack = "notify"`: an acked worker must send WATCHDOG=1 at least this often
     /// (it gets WATCHDOG_USEC) or it is replaced.
     pub watchdog: Option<Duration>,
+    /// Upgrades start as a canary of this many new workers and hold (see
+    /// `promote`, `rollback`); `None`: full upgrades.
+    pub canary: Option<usize>,
+    /// A holding canary that stayed healthy this long is promoted.
+    pub canary_hold: Option<Duration>,
+    /// Replace a worker through the smooth engine once it is this old.
+    pub max_age: Option<Duration>,
+    /// Up to this much is added to each worker's `max_age`, spread evenly, so a
+    /// pool does not recycle all at once.
+    pub max_age_jitter: Duration,
+    /// Replace a worker whose RSS exceeds this many bytes.
+    pub max_rss: Option<u64>,
+    /// How often RSS is sampled for `max_rss`.
+    pub max_rss_interval: Duration,
+    /// Einhorn-protocol workers: one that sends no `worker:ping` for this long
+    /// after acking is replaced.
+    pub heartbeat_timeout: Option<Duration>,
 }
 
 pub const DEFAULT_UPGRADE_RETRIES: u32 = 3;
@@ -184,6 +201,7 @@ pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RESPAWN_DELAY: Duration = Duration::from_secs(1);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+pub const DEFAULT_RSS_INTERVAL: Duration = Duration::from_secs(10);
 /// Cap of the exponential respawn backoff, as einhorn.
 pub const MAX_RESPAWN_DELAY: Duration = Duration::from_secs(30);
 
@@ -220,6 +238,13 @@ impl PoolConfig {
             kill_children_on_exit: false,
             socket_protocol: SocketProtocol::default(),
             watchdog: None,
+            canary: None,
+            canary_hold: None,
+            max_age: None,
+            max_age_jitter: Duration::ZERO,
+            max_rss: None,
+            max_rss_interval: DEFAULT_RSS_INTERVAL,
+            heartbeat_timeout: None,
         }
     }
 

@@ -188,6 +188,20 @@ pub const KEYS: &[Key] = &[
         "How workers are told about their sockets: EINHORN_FD_*; or fds 3.. with LISTEN_FDS (systemd)."),
     key(Pool, "watchdog", DURATION, "none", Roll,
         "Notify ack: an acked worker must send WATCHDOG=1 at least this often or it is replaced."),
+    key(Pool, "canary", "integer, 1 to count - 1", "none (full upgrades)", Retune,
+        "Upgrades (command, signal, watcher, reload) start as a canary: this many new workers replace as many old ones, then the pool holds with both versions until `promote` or `rollback`."),
+    key(Pool, "canary_hold", DURATION, "none (hold until promote or rollback)", Retune,
+        "A canary that stayed healthy (none died, missed its ack, heartbeat or watchdog) this long is promoted; one that dies rolls back at once."),
+    key(Pool, "max_age", DURATION, "none", Retune,
+        "Replace a worker once it is this old, through the smooth engine: its successor acks first, then it drains."),
+    key(Pool, "max_age_jitter", DURATION, "\"0s\"", Retune,
+        "Up to this much is added to each worker's max_age, spread over the pool, so it does not recycle all at once."),
+    key(Pool, "max_rss", "size: \"512MiB\", \"2G\", or bytes", "none", Retune,
+        "Replace a worker whose resident memory exceeds this, through the smooth engine."),
+    key(Pool, "max_rss_interval", DURATION, "\"10s\"", Retune,
+        "How often workers' RSS is read from /proc, for pools that set max_rss only."),
+    key(Pool, "heartbeat_timeout", DURATION, "none", Retune,
+        "Einhorn-protocol workers: one that sends no worker:ping for this long (after it acked) is killed and replaced."),
 ];
 
 /// The keys of one section, in declaration order.

@@ -538,6 +538,13 @@ pub(super) fn change_one(base: &PoolConfig, key: &str) -> Option<super::diff::Ef
         "kill_children_on_exit" => n.kill_children_on_exit = true,
         "socket_protocol" => n.socket_protocol.systemd = true,
         "watchdog" => n.watchdog = Some(d),
+        "canary" => n.canary = Some(1),
+        "canary_hold" => n.canary_hold = Some(d),
+        "max_age" => n.max_age = Some(d),
+        "max_age_jitter" => n.max_age_jitter = d,
+        "max_rss" => n.max_rss = Some(1 << 30),
+        "max_rss_interval" => n.max_rss_interval = d,
+        "heartbeat_timeout" => n.heartbeat_timeout = Some(d),
         _ => return None,
     }
     match pool_changes(base, &n).as_slice() {
@@ -572,6 +579,13 @@ fn every_pool_key_has_a_reload_effect() {
         ("kill_children_on_exit", Effect::Roll),
         ("socket_protocol", Effect::Roll),
         ("watchdog", Effect::Roll),
+        ("canary", Effect::Retune),
+        ("canary_hold", Effect::Retune),
+        ("max_age", Effect::Retune),
+        ("max_age_jitter", Effect::Retune),
+        ("max_rss", Effect::Retune),
+        ("max_rss_interval", Effect::Retune),
+        ("heartbeat_timeout", Effect::Retune),
     ] {
         assert_eq!(change_one(&base, key), Some(effect), "{key}");
     }
@@ -595,7 +609,8 @@ fn the_parser_knows_every_key_of_the_schema() {
             (Section::MasterProcess, "pidfile" | "lockfile") => "\"/tmp/x\"",
             (_, "syslog" | "enabled" | "subreaper") => "true",
             (Section::Pool, "command") => "[\"./w\"]",
-            (Section::Pool, "count" | "retries" | "max_unacked" | "max_surge") => "2",
+            (Section::Pool, "count" | "retries" | "max_unacked" | "max_surge" | "canary") => "2",
+            (Section::Pool, "max_rss") => "\"512MiB\"",
             (Section::Pool, "binds") => "[\"127.0.0.1:0\"]",
             (Section::Pool, "drop_env") => "[\"X\"]",
             (Section::Pool, "env") => "{ A = \"b\" }",
@@ -613,10 +628,22 @@ fn the_parser_knows_every_key_of_the_schema() {
         let text = match k.section {
             Section::Pool => {
                 // A notify pool, so that `watchdog` is valid too.
+                let ack = if k.name == "heartbeat_timeout" {
+                    "\"manual\""
+                } else {
+                    "\"notify\""
+                };
                 let mut lines = vec![
                     ("command", "[\"./w\"]".to_string()),
-                    ("ack", "\"notify\"".to_string()),
+                    ("ack", ack.to_string()),
+                    ("count", "3".to_string()),
                 ];
+                // Keys that only make sense with another one.
+                match k.name {
+                    "canary_hold" => lines.push(("canary", "1".to_string())),
+                    "max_age_jitter" => lines.push(("max_age", "\"1h\"".to_string())),
+                    _ => {}
+                }
                 match lines.iter_mut().find(|(n, _)| *n == k.name) {
                     Some(l) => l.1 = sample(k.section, k.name).to_string(),
                     None => lines.push((k.name, sample(k.section, k.name).to_string())),
@@ -708,4 +735,24 @@ fn env_cannot_override_the_child_api() {
         None,
     );
     assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn sizes_parse_in_powers_of_1024() {
+    assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+    assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+    assert_eq!(parse_bytes("64k"), Ok(64 << 10));
+    assert_eq!(parse_bytes("1000"), Ok(1000));
+    assert_eq!(parse_bytes("1.5M"), Ok(3 << 19));
+    for bad in ["", "0", "-1", "5X", "MiB", "1e30"] {
+        assert!(parse_bytes(bad).is_err(), "{bad}");
+    }
+    let errs = errors_of("[pools.web]\ncommand = [\"./w\"]\nmax_rss = \"lots\"\n");
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "pools.web.max_rss" && e.line == Some(3)),
+        "{errs:?}"
+    );
+    let errs = errors_of("[pools.web]\ncommand = [\"./w\"]\ncount = 2\ncanary = 2\n");
+    assert!(errs.iter().any(|e| e.key == "pools.web.canary"), "{errs:?}");
 }

@@ -1,6 +1,7 @@
 //! Semantic checks shared by both front ends (file and command line).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::*;
 
@@ -125,6 +126,43 @@ impl Config {
             }
             if pool.watchdog.is_some_and(|w| w.is_zero()) {
                 err(format!("{p}.watchdog"), "must be more than 0".into());
+            }
+            if let Some(n) = pool.canary {
+                if n == 0 || n >= pool.count.max(1) {
+                    err(
+                        format!("{p}.canary"),
+                        format!(
+                            "must be at least 1 and fewer than count ({}): a canary replaces only part of the pool",
+                            pool.count
+                        ),
+                    );
+                }
+            }
+            if pool.canary_hold.is_some() && pool.canary.is_none() {
+                err(
+                    format!("{p}.canary_hold"),
+                    "needs `canary` (the number of new workers to hold with)".into(),
+                );
+            }
+            for (key, d) in [
+                ("canary_hold", pool.canary_hold),
+                ("max_age", pool.max_age),
+                ("heartbeat_timeout", pool.heartbeat_timeout),
+                ("max_rss_interval", Some(pool.max_rss_interval)),
+            ] {
+                if d.is_some_and(|d| d.is_zero()) {
+                    err(format!("{p}.{key}"), "must be more than 0".into());
+                }
+            }
+            if pool.max_age_jitter > Duration::ZERO && pool.max_age.is_none() {
+                err(format!("{p}.max_age_jitter"), "needs `max_age`".into());
+            }
+            if pool.heartbeat_timeout.is_some() && pool.ack == AckMode::Notify {
+                err(
+                    format!("{p}.heartbeat_timeout"),
+                    "is for einhorn-protocol workers (worker:ping); notify workers use `watchdog`"
+                        .into(),
+                );
             }
             for (i, v) in pool.drop_env.iter().enumerate() {
                 if v.is_empty() || v.contains('=') || v.contains('\0') {

@@ -52,6 +52,36 @@ fn too_long(written: &str) -> String {
     format!("{written:?} is longer than the maximum of 7 days (604800 seconds)")
 }
 
+/// Parse a size in bytes: `"512MiB"`, `"1G"` (powers of 1024 with or without
+/// the `i`), `"64k"`, or a bare number of bytes; more than 0.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (write e.g. \"512MiB\", \"2G\" or bytes)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown size unit {other:?} (use k, M, G or T)"
+            ))
+        }
+    };
+    let bytes = n * mult as f64;
+    if !(1.0..1e18).contains(&bytes) {
+        return Err(format!("{s:?} is not a size between 1 byte and 1 EiB"));
+    }
+    Ok(bytes as u64)
+}
+
 /// Parse a signal: `"USR2"`, `"SIGUSR2"`, `"usr2"` or a number (`"12"`); kill(1)'s
 /// spelling with a leading dash (`"-USR1"`, `"-9"`) is accepted too, since that is
 /// what an operator types after `signal`.

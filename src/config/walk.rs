@@ -603,6 +603,41 @@ impl Walker<'_> {
                     }
                 }
                 "watchdog" => p.watchdog = self.duration(&key, v),
+                "canary" => {
+                    if let Some(n) = self.uint(&key, v, MAX_WORKERS as u64) {
+                        p.canary = Some(n as usize);
+                    }
+                }
+                "canary_hold" => p.canary_hold = self.duration(&key, v),
+                "max_age" => p.max_age = self.duration(&key, v),
+                "max_age_jitter" => {
+                    if let Some(d) = self.duration(&key, v) {
+                        p.max_age_jitter = d;
+                    }
+                }
+                "max_rss" => {
+                    let r = match v.get_ref() {
+                        DeValue::String(s) => parse_bytes(s),
+                        DeValue::Integer(i) => int_value(i)
+                            .filter(|n| *n > 0)
+                            .map(|n| n as u64)
+                            .ok_or_else(|| format!("{} is not a size in bytes", i.as_str())),
+                        other => Err(format!(
+                            "expected a size such as \"512MiB\" or a number of bytes, found {}",
+                            describe(other)
+                        )),
+                    };
+                    match r {
+                        Ok(b) => p.max_rss = Some(b),
+                        Err(e) => self.error(&key, v.span(), e),
+                    }
+                }
+                "max_rss_interval" => {
+                    if let Some(d) = self.duration(&key, v) {
+                        p.max_rss_interval = d;
+                    }
+                }
+                "heartbeat_timeout" => p.heartbeat_timeout = self.duration(&key, v),
                 _ => self.unknown(
                     &table,
                     &name,

@@ -6,6 +6,7 @@
 //! the pid-to-pool map with it.
 
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use nix::sys::signal;
@@ -57,12 +58,13 @@ impl Master {
                 Action::Spawn {
                     worker,
                     index,
+                    version,
                     spec,
-                    ..
                 } => self.spawn_queue.push_back(PendingSpawn {
                     pool: name.to_string(),
                     worker,
                     index,
+                    version,
                     spec,
                 }),
                 Action::Signal { pid, signal } => {
@@ -81,6 +83,7 @@ impl Master {
                     self.progress(name, upgrade, message, outcome);
                     if let Some(ok) = finished {
                         self.settle_sockets(name, ok);
+                        self.prune_releases(name);
                     }
                 }
                 Action::Stopped => {
@@ -90,6 +93,7 @@ impl Master {
                             log::info!("pool {name}: removed; its sockets are closed");
                         }
                         self.pools.remove(name);
+                        self.releases.forget_pool(name);
                         self.dirty.remove(name);
                         return;
                     }
@@ -135,6 +139,43 @@ impl Master {
         );
     }
 
+    /// Keep the release records a pool may still need: its running versions,
+    /// its target and what `rollback` would bring back.
+    fn prune_releases(&mut self, name: &str) {
+        let Some(e) = self.pools.get(name) else {
+            self.releases.forget_pool(name);
+            return;
+        };
+        let mut keep: Vec<u64> = e.pool.workers_sorted().iter().map(|w| w.version).collect();
+        keep.push(e.pool.version());
+        keep.extend(e.pool.previous().map(|p| p.0));
+        self.releases.keep_only(name, &keep);
+    }
+
+    /// An older version of a pool (a canary's base, a rollback's target) runs
+    /// the files its release ran (src/master/releases.rs), not whatever its
+    /// command names now: after a symlink-swap deploy, `current` already
+    /// points at the new release. The newest version runs its command as
+    /// written, as einhorn does.
+    fn pinned(&self, name: &str, version: u64, spec: Arc<PoolConfig>) -> Arc<PoolConfig> {
+        let older = self
+            .pools
+            .get(name)
+            .is_some_and(|e| version < e.pool.newest_version());
+        match self.releases.get(name, version) {
+            Some(r) if older => match r.spec_for(&spec) {
+                Ok(pinned) => pinned,
+                Err(why) => {
+                    log::warn!(
+                        "pool {name}: version {version}'s release cannot be run as it was ({why}); running its command as written"
+                    );
+                    spec
+                }
+            },
+            _ => spec,
+        }
+    }
+
     /// Fork up to `budget` queued workers.
     pub(super) fn run_spawns(&mut self, budget: usize) {
         for _ in 0..budget {
@@ -142,6 +183,7 @@ impl Master {
                 pool: name,
                 worker,
                 index,
+                version,
                 spec,
             }) = self.spawn_queue.pop_front()
             else {
@@ -158,9 +200,11 @@ impl Master {
                 }
                 continue;
             }
+            let spec = self.pinned(&name, version, spec);
             let result = self.spawn(&name, index, &spec);
             if let Ok(pid) = result {
                 self.pid_pool.insert(pid, name.clone());
+                self.releases.note(&name, version, &spec);
             }
             if let Some(e) = self.pools.get_mut(&name) {
                 let actions = e.pool.spawned(worker, result, Instant::now());

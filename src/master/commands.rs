@@ -14,6 +14,7 @@ use crate::control::protocol::{self, Command, Parsed, Reply, UpgradeKind, COMMAN
 use crate::control::server::ConnId;
 
 use super::phase::StopRequest;
+use super::upgrades::Rollout;
 use super::{Master, ReplyTo, RuntimeError};
 
 /// How a handler answers.
@@ -129,17 +130,15 @@ impl Master {
             Command::Inc => self.cmd_count("inc", pool, |c| c.saturating_add(1)).into(),
             Command::Dec => self.cmd_count("dec", pool, |c| c.saturating_sub(1)).into(),
             Command::SetWorkers(n) => self.cmd_count("set_workers", pool, |_| n).into(),
-            Command::Upgrade(kind) => {
+            Command::Upgrade { kind, canary } => {
                 let strategy = match kind {
                     UpgradeKind::Configured => None,
                     UpgradeKind::Fleet => Some(crate::config::UpgradeStrategy::Fleet),
                 };
-                match self.start_upgrade(pool, strategy, Some((conn, req.id.clone(), req.encoding)))
-                {
-                    Ok(_) => Outcome::Later,
-                    Err(e) => Outcome::Err(e.to_string()),
-                }
+                self.rollout(conn, req, pool, Rollout::Upgrade { strategy, canary })
             }
+            Command::Promote => self.rollout(conn, req, pool, Rollout::Promote),
+            Command::Rollback => self.rollout(conn, req, pool, Rollout::Rollback),
             Command::Signal(sigs) => {
                 let mut sent = 0;
                 for s in &sigs {
@@ -205,6 +204,20 @@ impl Master {
             serde_json::json!({"command": what, "pid": pid, "message": why}),
         );
         true
+    }
+
+    /// A streamed rollout (upgrade, promote, rollback) for this request.
+    fn rollout(
+        &mut self,
+        conn: ConnId,
+        req: &protocol::Request,
+        pool: Option<&str>,
+        op: Rollout,
+    ) -> Outcome {
+        match self.start_rollout(pool, op, Some((conn, req.id.clone(), req.encoding))) {
+            Ok(_) => Outcome::Later,
+            Err(e) => Outcome::Err(e.to_string()),
+        }
     }
 
     /// Pools a read command applies to: the one named, or all.

@@ -78,6 +78,12 @@ pub enum RuntimeError {
     /// Every pool refused to upgrade; one reason per pool.
     #[error("{}", .0.join("; "))]
     UpgradeRefused(Vec<String>),
+    #[error("pool {pool}: cannot roll back to version {version}: {why}; nothing was changed")]
+    ReleaseGone {
+        pool: String,
+        version: u64,
+        why: String,
+    },
     #[error("no config file to reload: the master was started from the command line")]
     NoConfigFile,
     #[error("{0}")]

@@ -225,6 +225,23 @@ fn pool_event_fields(ev: &PoolEvent) -> Map<String, Value> {
         PoolEvent::UpgradeFailed { id, why, took } => {
             json!({"upgrade": id, "error": why, "took_ms": ms(*took)})
         }
+        PoolEvent::CanaryHolding {
+            id,
+            version,
+            n,
+            hold,
+        } => json!({"upgrade": id, "version": version, "canaries": n, "hold_ms": hold.map(ms)}),
+        PoolEvent::CanaryPromoted { id, auto } => json!({"upgrade": id, "auto": auto}),
+        PoolEvent::CanaryRolledBack { id, why } => json!({"upgrade": id, "error": why}),
+        PoolEvent::RollbackStarted { id, from, to } => {
+            json!({"upgrade": id, "from_version": from, "to_version": to})
+        }
+        PoolEvent::Recycling { pid, reason } => {
+            json!({"pid": pid, "reason": reason.describe()})
+        }
+        PoolEvent::HeartbeatMissed { pid, timeout } => {
+            json!({"pid": pid, "timeout_ms": ms(*timeout)})
+        }
     };
     match v {
         Value::Object(m) => m,

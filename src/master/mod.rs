@@ -50,6 +50,7 @@ mod events;
 mod notify;
 mod phase;
 mod pools;
+mod releases;
 mod reload;
 mod service;
 mod signals;
@@ -88,6 +89,8 @@ enum Deadline {
     /// systemd notifications (STATUS rate limit, WATCHDOG): handled by
     /// `sd_turn`, which runs every loop turn.
     SdNotify,
+    /// Sample the RSS of a pool's workers (`max_rss`).
+    RssSample(String),
 }
 
 /// A worker a pool asked for, waiting for its fork.
@@ -95,6 +98,7 @@ struct PendingSpawn {
     pool: String,
     worker: WorkerId,
     index: u32,
+    version: u64,
     spec: Arc<PoolConfig>,
 }
 
@@ -190,6 +194,8 @@ struct Master {
     last_reload: Option<ReloadRecord>,
     /// Worker messages refused because of their sender.
     rejected: Rejected,
+    /// What each version of each pool ran (for `rollback`).
+    releases: releases::Releases,
     /// Lockfile and pidfile, held for the master's life.
     _files: startup::Files,
     /// The master's own systemd notifications (src/systemd/service.rs): the
@@ -283,6 +289,7 @@ impl Master {
             spawn_queue: VecDeque::new(),
             last_reload: None,
             rejected: Rejected::default(),
+            releases: releases::Releases::default(),
             _files: files,
             sd,
             sd_link,
@@ -352,6 +359,7 @@ impl Master {
                     }
                     Deadline::Debounce => self.on_debounced(now),
                     Deadline::SdNotify => {}
+                    Deadline::RssSample(name) => self.sample_rss(&name, now),
                     Deadline::AcceptRetry => self.accept_clients(),
                 }
             }
@@ -365,7 +373,15 @@ impl Master {
     /// Re-arm the loop's wake-up for pools whose deadlines may have moved.
     fn rearm(&mut self) {
         for name in std::mem::take(&mut self.dirty) {
-            if let Some(at) = self.pools.get(&name).and_then(|e| e.pool.next_deadline()) {
+            let Some(e) = self.pools.get(&name) else {
+                continue;
+            };
+            // Only pools that set max_rss are ever sampled.
+            if e.pool.spec().max_rss.is_some() {
+                let at = crate::pool::later(Instant::now(), e.pool.spec().max_rss_interval);
+                self.timers.arm(Deadline::RssSample(name.clone()), at);
+            }
+            if let Some(at) = e.pool.next_deadline() {
                 self.timers.arm(Deadline::Pool(name), at);
             }
         }

@@ -70,6 +70,34 @@ impl Master {
         Ok(n)
     }
 
+    /// `max_rss`: read each acked worker's RSS and hand it to the pool, which
+    /// recycles the ones over the limit. Re-armed by `rearm` (the pool is
+    /// marked dirty), only while the pool sets `max_rss`.
+    pub(super) fn sample_rss(&mut self, name: &str, now: Instant) {
+        let Some(e) = self.pools.get(name) else {
+            return;
+        };
+        let pids: Vec<Pid> = e
+            .pool
+            .workers_sorted()
+            .iter()
+            .filter(|w| w.is_acked())
+            .filter_map(|w| w.pid)
+            .collect();
+        let mut actions = Vec::new();
+        for pid in pids {
+            let Some(rss) = crate::procfs::rss(pid) else {
+                continue;
+            };
+            if let Some(e) = self.pools.get_mut(name) {
+                if let Ok(a) = e.pool.over_rss(pid, rss, now) {
+                    actions.extend(a);
+                }
+            }
+        }
+        self.execute(name, actions);
+    }
+
     /// Hand a worker's ack to the pool that owns the pid.
     pub(super) fn worker_ack(&mut self, pid: Pid) -> Result<(), RuntimeError> {
         let name = self

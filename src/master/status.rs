@@ -70,6 +70,35 @@ impl Master {
                 binds.join(", ")
             );
             let _ = writeln!(s, "  state: {}", pool_state(p, now));
+            if let Some(c) = p.canary() {
+                let _ = writeln!(
+                    s,
+                    "  canary: {} worker(s) at version {} (base version {}), started {} ago{}",
+                    c.n,
+                    c.version,
+                    c.base,
+                    ago(now.saturating_duration_since(c.started)),
+                    match (c.holding_since, c.hold) {
+                        (Some(h), Some(hold)) => format!(
+                            ", holding for {}, auto-promote in {}",
+                            ago(now.saturating_duration_since(h)),
+                            ago(crate::pool::later(h, hold).saturating_duration_since(now))
+                        ),
+                        (Some(h), None) => format!(
+                            ", holding for {}: `promote` or `rollback`",
+                            ago(now.saturating_duration_since(h))
+                        ),
+                        (None, _) => String::new(),
+                    }
+                );
+            }
+            let recycling: Vec<String> = p
+                .recycling()
+                .map(|(w, r)| format!("pid {} ({})", w.pid.unwrap_or(0), r.describe()))
+                .collect();
+            if !recycling.is_empty() {
+                let _ = writeln!(s, "  recycling: {}", recycling.join(", "));
+            }
             if let Some((at, what)) = &e.last_change {
                 let _ = writeln!(
                     s,
@@ -96,7 +125,7 @@ impl Master {
                 "PID", "INDEX", "VERSION", "STATE", "UPTIME", "SIGNALED"
             );
             for w in p.workers_sorted() {
-                let state = match &w.state {
+                let mut state = match &w.state {
                     WorkerState::Spawning => "spawning".to_string(),
                     WorkerState::Unacked { .. } => "unacked".to_string(),
                     WorkerState::Acked { .. } => "acked".to_string(),
@@ -104,6 +133,9 @@ impl Master {
                         format!("draining ({})", reason.as_str())
                     }
                 };
+                if p.is_canary_version(w.version) && !w.is_draining() {
+                    state.push_str(" canary");
+                }
                 let signaled: Vec<&str> = w
                     .signals
                     .iter()
@@ -177,6 +209,8 @@ impl Master {
                             "request_id": r,
                         })),
                         "notify_status": w.notify_status,
+                        "canary": p.is_canary_version(w.version) && !w.is_draining(),
+                        "recycling": w.recycle.map(|r| r.describe()),
                     })
                 })
                 .collect();
@@ -204,6 +238,17 @@ impl Master {
                         "ok": o.result.is_ok(),
                         "error": o.result.as_ref().err(),
                     })),
+                    "canary": p.canary().map(|c| json!({
+                        "upgrade": c.upgrade,
+                        "version": c.version,
+                        "base_version": c.base,
+                        "workers": c.n,
+                        "secs": secs(now.saturating_duration_since(c.started)),
+                        "holding_secs": c.holding_since.map(|h| secs(now.saturating_duration_since(h))),
+                        "hold_secs": c.hold.map(secs),
+                    })),
+                    "previous_version": p.previous().map(|v| v.0),
+                    "releases": self.releases_json(name, p),
                     "last_change": e.last_change.as_ref().map(|(at, what)| json!({
                         "what": what,
                         "secs_ago": secs(now.saturating_duration_since(*at)),
@@ -242,9 +287,36 @@ impl Master {
     }
 }
 
+impl Master {
+    /// The recorded releases of the versions a pool runs or may roll back to.
+    fn releases_json(&self, name: &str, p: &Pool) -> Value {
+        let mut versions: Vec<u64> = p.workers_sorted().iter().map(|w| w.version).collect();
+        versions.push(p.version());
+        versions.extend(p.previous().map(|v| v.0));
+        versions.sort_unstable();
+        versions.dedup();
+        let mut m = serde_json::Map::new();
+        for v in versions {
+            if let Some(r) = self.releases.get(name, v) {
+                m.insert(v.to_string(), r.to_json());
+            }
+        }
+        Value::Object(m)
+    }
+}
+
 fn pool_state(p: &Pool, now: Instant) -> String {
     if p.is_shutting_down() {
         return "shutting down (draining)".into();
+    }
+    if let Some(c) = p.canary() {
+        return match c.holding_since {
+            Some(_) => format!(
+                "canary holding (#{}, version {} on {} worker(s))",
+                c.upgrade, c.version, c.n
+            ),
+            None => format!("canary starting (#{}, version {})", c.upgrade, c.version),
+        };
     }
     if let Some((id, st, since)) = p.upgrading() {
         return format!(

@@ -12,6 +12,18 @@ use crate::control::protocol::{self, Encoding, Reply};
 use crate::control::server::ConnId;
 use crate::pool::UpgradeId;
 
+/// What a rollout request asks of each pool it addresses.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Rollout {
+    /// `canary`: `Some(n)` a canary of n (0: full); `None`: the pool's setting.
+    Upgrade {
+        strategy: Option<UpgradeStrategy>,
+        canary: Option<usize>,
+    },
+    Promote,
+    Rollback,
+}
+
 impl Master {
     /// Smooth/fleet upgrade of one pool or all; progress goes to `waiter` if any.
     /// Returns the pools upgraded.
@@ -19,6 +31,25 @@ impl Master {
         &mut self,
         pool: Option<&str>,
         strategy: Option<UpgradeStrategy>,
+        waiter: Option<(ConnId, Option<serde_json::Value>, Encoding)>,
+    ) -> Result<Vec<String>, RuntimeError> {
+        self.start_rollout(
+            pool,
+            Rollout::Upgrade {
+                strategy,
+                canary: None,
+            },
+            waiter,
+        )
+    }
+
+    /// Start `op` on one pool or all; progress goes to `waiter` if any, which
+    /// gets its final reply once every pool's rollout has ended. Returns the
+    /// pools addressed.
+    pub(super) fn start_rollout(
+        &mut self,
+        pool: Option<&str>,
+        op: Rollout,
         waiter: Option<(ConnId, Option<serde_json::Value>, Encoding)>,
     ) -> Result<Vec<String>, RuntimeError> {
         if self.is_shutting_down() {
@@ -35,15 +66,13 @@ impl Master {
             })
         });
         let now = Instant::now();
-        // Every upgrade is registered with the waiter before any is carried out: a
-        // pool that finishes at once (count 0) must not end the wait for the others.
+        // Every rollout is registered with the waiter before any is carried out:
+        // a pool that finishes at once (count 0) must not end the wait for the
+        // others.
         let mut started = Vec::new();
         let mut refused = Vec::new();
         for name in &names {
-            let Some(e) = self.pools.get_mut(name) else {
-                continue;
-            };
-            match e.pool.upgrade(strategy, None, now) {
+            match self.rollout_one(name, op, now) {
                 Ok((id, actions)) => {
                     if let Some(w) = wid {
                         self.waiters.expect(w, name, id);
@@ -79,6 +108,68 @@ impl Master {
             self.deliver(n);
         }
         Ok(names)
+    }
+
+    fn rollout_one(
+        &mut self,
+        name: &str,
+        op: Rollout,
+        now: Instant,
+    ) -> Result<(UpgradeId, Vec<crate::pool::Action>), RuntimeError> {
+        // A rollback after a finished upgrade runs the previous release's
+        // recorded files, if they are still there (src/master/releases.rs).
+        let release_spec = match op {
+            Rollout::Rollback => self.previous_release(name)?,
+            _ => None,
+        };
+        let e = self
+            .pools
+            .get_mut(name)
+            .ok_or_else(|| RuntimeError::UnknownPool {
+                name: name.to_string(),
+                pools: String::new(),
+            })?;
+        let r = match op {
+            Rollout::Upgrade {
+                strategy,
+                canary: None,
+            } => e.pool.upgrade(strategy, None, now),
+            Rollout::Upgrade {
+                strategy,
+                canary: Some(n),
+            } => e.pool.upgrade_with(strategy, None, Some(n), now),
+            Rollout::Promote => e.pool.promote(now),
+            Rollout::Rollback => e.pool.rollback(release_spec, now),
+        };
+        Ok(r?)
+    }
+
+    /// For `rollback` without a canary: how to run the release the last
+    /// upgrade replaced, from what was recorded when it ran.
+    fn previous_release(
+        &self,
+        name: &str,
+    ) -> Result<Option<std::sync::Arc<crate::config::PoolConfig>>, RuntimeError> {
+        let Some(e) = self.pools.get(name) else {
+            return Ok(None);
+        };
+        if e.pool.canary().is_some() {
+            return Ok(None);
+        }
+        let Some((version, spec)) = e.pool.previous() else {
+            return Ok(None);
+        };
+        match self.releases.get(name, *version) {
+            Some(r) => r
+                .spec_for(spec)
+                .map(Some)
+                .map_err(|why| RuntimeError::ReleaseGone {
+                    pool: name.to_string(),
+                    version: *version,
+                    why,
+                }),
+            None => Ok(None),
+        }
     }
 
     /// A pool's upgrade progressed (or ended, with `outcome`).

@@ -130,6 +130,39 @@ pub enum PoolEvent {
     },
     /// The pool was shut down and its last worker is gone.
     Stopped,
+    /// A canary's new workers all acked; the pool holds with both versions.
+    CanaryHolding {
+        id: UpgradeId,
+        version: u64,
+        n: usize,
+        hold: Option<Duration>,
+    },
+    /// A canary was promoted (`auto`: its hold passed healthy).
+    CanaryPromoted {
+        id: UpgradeId,
+        auto: bool,
+    },
+    /// A canary was rolled back (`why`: the operator, or what failed).
+    CanaryRolledBack {
+        id: UpgradeId,
+        why: String,
+    },
+    /// A rollback to an earlier version started.
+    RollbackStarted {
+        id: UpgradeId,
+        from: u64,
+        to: u64,
+    },
+    /// A working worker is being replaced (too old, too large).
+    Recycling {
+        pid: Pid,
+        reason: super::RecycleReason,
+    },
+    /// An einhorn-protocol worker stopped pinging; it is killed.
+    HeartbeatMissed {
+        pid: Pid,
+        timeout: Duration,
+    },
 }
 
 impl PoolEvent {
@@ -141,6 +174,8 @@ impl PoolEvent {
             | PoolEvent::UpgradeFailed { .. } => Level::Error,
             PoolEvent::AckTimeout { .. }
             | PoolEvent::WatchdogMissed { .. }
+            | PoolEvent::HeartbeatMissed { .. }
+            | PoolEvent::CanaryRolledBack { .. }
             | PoolEvent::StopTimeout { .. }
             | PoolEvent::Died { .. } => Level::Warn,
             _ => Level::Info,
@@ -170,6 +205,12 @@ impl PoolEvent {
             PoolEvent::UpgradeDone { .. } => "upgrade_done",
             PoolEvent::UpgradeFailed { .. } => "upgrade_failed",
             PoolEvent::Stopped => "stopped",
+            PoolEvent::CanaryHolding { .. } => "canary_holding",
+            PoolEvent::CanaryPromoted { .. } => "canary_promoted",
+            PoolEvent::CanaryRolledBack { .. } => "canary_rolled_back",
+            PoolEvent::RollbackStarted { .. } => "rollback_started",
+            PoolEvent::Recycling { .. } => "recycling",
+            PoolEvent::HeartbeatMissed { .. } => "heartbeat_missed",
         }
     }
 }
@@ -288,6 +329,42 @@ impl fmt::Display for PoolEvent {
             ),
             PoolEvent::UpgradeFailed { id, why, .. } => write!(f, "upgrade #{id} failed: {why}"),
             PoolEvent::Stopped => f.write_str("stopped"),
+            PoolEvent::CanaryHolding {
+                id,
+                version,
+                n,
+                hold,
+            } => match hold {
+                Some(h) => write!(
+                    f,
+                    "upgrade #{id}: {n} canary worker(s) at version {version} acked; holding, promoting after {h:?} if they stay healthy"
+                ),
+                None => write!(
+                    f,
+                    "upgrade #{id}: {n} canary worker(s) at version {version} acked; holding until `promote` or `rollback`"
+                ),
+            },
+            PoolEvent::CanaryPromoted { id, auto } => write!(
+                f,
+                "upgrade #{id}: canary promoted{}; rolling the rest",
+                if *auto { " (held healthy)" } else { "" }
+            ),
+            PoolEvent::CanaryRolledBack { id, why } => {
+                write!(f, "upgrade #{id}: canary rolled back: {why}")
+            }
+            PoolEvent::RollbackStarted { id, from, to } => write!(
+                f,
+                "upgrade #{id}: rolling back from version {from} to version {to}"
+            ),
+            PoolEvent::Recycling { pid, reason } => write!(
+                f,
+                "recycling worker pid {pid} ({}): its successor starts first",
+                reason.describe()
+            ),
+            PoolEvent::HeartbeatMissed { pid, timeout } => write!(
+                f,
+                "worker pid {pid} sent no worker:ping within {timeout:?}: killing and replacing it"
+            ),
         }
     }
 }

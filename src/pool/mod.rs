@@ -28,6 +28,7 @@ use nix::sys::signal::Signal;
 use crate::config::{AckMode, PoolConfig, UpgradeStrategy, MAX_RESPAWN_DELAY};
 
 mod event;
+mod recycle;
 mod types;
 mod upgrade;
 
@@ -63,6 +64,10 @@ pub struct Pool {
     /// Replacements owed for acked workers that died: spawned even while a
     /// backoff or a give-up holds other respawns back.
     owed: usize,
+    /// Live workers marked for recycling (see src/pool/recycle.rs).
+    recycling: BTreeSet<WorkerId>,
+    /// The version a finished upgrade replaced: what `rollback` goes back to.
+    previous: Option<(u64, Arc<PoolConfig>)>,
     respawn_at: Option<Instant>,
     /// Backoff last reported in the log: a crash loop of many workers repeats
     /// the same capped delay once per death, which says nothing new.
@@ -95,6 +100,8 @@ impl Pool {
             last_upgrade: None,
             failures: 0,
             owed: 0,
+            recycling: BTreeSet::new(),
+            previous: None,
             respawn_at: None,
             logged_backoff: None,
             gave_up: false,
@@ -120,6 +127,11 @@ impl Pool {
     }
     pub fn version(&self) -> u64 {
         self.target.0
+    }
+    /// The newest version this pool ever started (a rollback's target is
+    /// older).
+    pub fn newest_version(&self) -> u64 {
+        self.next_version - 1
     }
     pub fn worker_by_pid(&self, pid: Pid) -> Option<&Worker> {
         self.by_pid.get(&pid).and_then(|id| self.workers.get(id))
@@ -308,6 +320,12 @@ impl Pool {
         let id = self.id_of(pid)?;
         if let Some(w) = self.workers.get_mut(&id) {
             w.last_ping = Some((now, request_id));
+            if let (Some(old), Some(t)) = (w.heartbeat_at, w.spec.heartbeat_timeout) {
+                let at = later(now, t);
+                w.heartbeat_at = Some(at);
+                self.timers.remove(&(old, TimerKey::Heartbeat(id)));
+                self.timers.insert((at, TimerKey::Heartbeat(id)));
+            }
         }
         Ok(())
     }
@@ -404,6 +422,11 @@ impl Pool {
                 if *reason == StopReason::AckTimeout {
                     let cause = format!("pid {pid} did not ack within {:?}", w.spec.ack_timeout);
                     self.count_failure(&w, &cause, now, &mut out);
+                } else if matches!(reason, StopReason::Watchdog | StopReason::Heartbeat)
+                    && self.is_canary_version(w.version)
+                {
+                    let cause = format!("pid {pid} was killed: {}", reason.as_str());
+                    self.rollback_canary(format!("canary {cause}"), now, &mut out);
                 }
             }
             state => {
@@ -460,6 +483,9 @@ impl Pool {
                 TimerKey::Respawn => {}
                 TimerKey::Deadline(id) => self.deadline_passed(id, now, &mut out),
                 TimerKey::Watchdog(id) => self.watchdog_passed(id, at, now, &mut out),
+                TimerKey::Heartbeat(id) => self.heartbeat_passed(id, at, now, &mut out),
+                TimerKey::Age(id) => self.age_passed(id, at, now),
+                TimerKey::CanaryHold => self.canary_hold_passed(now, &mut out),
             }
         }
         self.reconcile(now, &mut out);
@@ -640,6 +666,16 @@ impl Pool {
             w.watchdog_at = Some(at);
             self.timers.insert((at, TimerKey::Watchdog(id)));
         }
+        if let (false, Some(t)) = (w.spec.ack == AckMode::Notify, w.spec.heartbeat_timeout) {
+            let at = later(now, t);
+            w.heartbeat_at = Some(at);
+            self.timers.insert((at, TimerKey::Heartbeat(id)));
+        }
+        if let Some(age) = w.spec.max_age {
+            let at = later(w.spawned_at, age + jitter(id, w.spec.max_age_jitter)).max(now);
+            w.recycle_at = Some(at);
+            self.timers.insert((at, TimerKey::Age(id)));
+        }
         let (index, version, pid) = (w.index, w.version, w.pid.unwrap_or(0));
         let after = now.saturating_duration_since(w.spawned_at);
         if let Some(b) = self.buckets.get_mut(&version) {
@@ -657,11 +693,12 @@ impl Pool {
         if let Some(up) = &self.upgrade {
             if version == self.target.0 {
                 let acked = self.buckets.get(&version).map_or(0, |b| b.acked.len());
+                let want = up.canary.map_or(self.count, |c| c.n);
                 out.push(Action::Progress {
                     upgrade: up.id,
                     message: format!(
                         "pool {}: {}/{} new workers acked (pid {})",
-                        self.name, acked, self.count, pid
+                        self.name, acked, want, pid
                     ),
                     outcome: None,
                 });
@@ -677,6 +714,11 @@ impl Pool {
         let delay = backoff(w.spec.respawn_delay, self.failures);
         self.set_respawn_at(later(now, delay));
         if let Some(up) = &mut self.upgrade {
+            if w.version == self.target.0 && up.canary.is_some() {
+                // A canary that fails is the answer the canary was for.
+                self.rollback_canary(format!("canary {cause}"), now, out);
+                return;
+            }
             if w.version == self.target.0 {
                 up.failures += 1;
                 let limit = w.spec.upgrade_retries();
@@ -725,11 +767,16 @@ impl Pool {
         i
     }
 
-    fn spawn_one(&mut self, now: Instant, out: &mut Vec<Action>) {
+    /// Start one worker of `version` (the target, or a canary's base version).
+    fn spawn_one(
+        &mut self,
+        (version, spec): (u64, Arc<PoolConfig>),
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let id = self.next_worker;
         self.next_worker += 1;
         let index = self.alloc_index();
-        let (version, spec) = self.target.clone();
         // Spawning until the master forks it (it may batch forks across loop
         // turns); it counts as unacked meanwhile.
         self.workers.insert(
@@ -747,6 +794,9 @@ impl Pool {
                 last_ping: None,
                 notify_status: None,
                 watchdog_at: None,
+                heartbeat_at: None,
+                recycle_at: None,
+                recycle: None,
             },
         );
         self.buckets
@@ -784,11 +834,18 @@ impl Pool {
         if let Some(at) = w.watchdog_at {
             self.timers.remove(&(at, TimerKey::Watchdog(id)));
         }
+        if let Some(at) = w.heartbeat_at {
+            self.timers.remove(&(at, TimerKey::Heartbeat(id)));
+        }
+        if let Some(at) = w.recycle_at {
+            self.timers.remove(&(at, TimerKey::Age(id)));
+        }
         self.free_indexes.insert(w.index);
         Some(w)
     }
 
     fn unbucket(&mut self, w: &Worker) {
+        self.recycling.remove(&w.id);
         if let Some(b) = self.buckets.get_mut(&w.version) {
             b.unacked.remove(&(w.index, w.id));
             b.acked.remove(&(w.index, w.id));
@@ -890,6 +947,18 @@ impl Pool {
     }
 
     fn spawn_n(&mut self, n: usize, now: Instant, out: &mut Vec<Action>) {
+        let target = self.target.clone();
+        self.spawn_n_of(target, n, now, out);
+    }
+
+    /// Start `n` workers of `version`, as the backoff allows.
+    fn spawn_n_of(
+        &mut self,
+        version: (u64, Arc<PoolConfig>),
+        n: usize,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         if n == 0 {
             return;
         }
@@ -899,14 +968,14 @@ impl Pool {
             let k = n.min(self.owed);
             self.owed -= k;
             for _ in 0..k {
-                self.spawn_one(now, out);
+                self.spawn_one(version.clone(), now, out);
             }
             return;
         }
         self.owed = 0;
         self.set_respawn_at_none();
         for _ in 0..n {
-            self.spawn_one(now, out);
+            self.spawn_one(version.clone(), now, out);
         }
     }
 
@@ -922,6 +991,7 @@ impl Pool {
         }
         let count = self.count;
         match self.upgrade.clone() {
+            None if !self.recycling.is_empty() => self.reconcile_recycling(now, out),
             None => {
                 let live: usize = self.buckets.values().map(Bucket::len).sum();
                 if live >= count {
@@ -946,6 +1016,16 @@ pub fn later(now: Instant, d: Duration) -> Instant {
     now.checked_add(d)
         .or_else(|| now.checked_add(crate::config::MAX_DURATION))
         .unwrap_or(now)
+}
+
+/// A worker's share of `max_age_jitter`: spread evenly over worker ids (a
+/// fixed multiplicative hash, so tests and restarts see the same value).
+pub fn jitter(id: WorkerId, max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    let frac = (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+    max.mul_f64(frac)
 }
 
 /// `base × 1.5^(failures-1)`, capped at [`MAX_RESPAWN_DELAY`].

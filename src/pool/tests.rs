@@ -913,3 +913,457 @@ fn the_longest_durations_never_overflow_a_deadline() {
     s.apply(a);
     assert_eq!(later(s.now, Duration::MAX), later(s.now, max));
 }
+
+// ---- canaries, promote, rollback, recycling, heartbeat --------------------
+
+/// Let well-behaved workers act (ack when unacked, exit when told to stop)
+/// until `done` holds; panics if nothing is left to do before that.
+fn drive(s: &mut Sim, ack_newest_first: bool, done: impl Fn(&Sim) -> bool) {
+    for _ in 0..10_000 {
+        if done(s) {
+            return;
+        }
+        let mut un = s.unacked();
+        if ack_newest_first {
+            un.reverse();
+        }
+        if let Some(pid) = un.first() {
+            s.ack(*pid);
+        } else if let Some(pid) = s.draining_pids().first() {
+            s.exit(*pid);
+        } else if !s.run_next_deadline() {
+            panic!("stuck: {:?}", s.pool);
+        }
+    }
+    panic!("never done");
+}
+
+fn holding(s: &Sim) -> bool {
+    s.pool.canary().is_some_and(|c| c.holding_since.is_some())
+}
+
+fn settled(s: &Sim) -> bool {
+    s.pool.upgrading().is_none() && s.draining_pids().is_empty() && s.unacked().is_empty()
+}
+
+/// The canary invariants, checked against the pool after every step of a run:
+/// canaries are exactly the workers of the canary version, and at most `n`.
+fn check_canary(s: &Sim, n: usize) {
+    if let Some(c) = s.pool.canary() {
+        let canaries = s
+            .pool
+            .workers
+            .values()
+            .filter(|w| !w.is_draining() && w.version == c.version)
+            .count();
+        assert!(canaries <= n, "{canaries} canaries, want at most {n}");
+        assert!(s.pool.is_canary_version(c.version));
+        assert!(!s.pool.is_canary_version(c.base));
+    }
+}
+
+fn canary_sim(count: usize, max_unacked: usize, surge: usize) -> Sim {
+    let mut p = spec(count);
+    p.max_unacked = max_unacked;
+    p.max_surge = Some(surge);
+    let mut s = Sim::new(p);
+    s.ack_all();
+    s.acked_floor = count;
+    s
+}
+
+fn start_canary(s: &mut Sim, n: usize) -> UpgradeId {
+    s.max_new_unacked_seen = 0;
+    s.max_live_seen = 0;
+    match s.pool.upgrade_with(None, None, Some(n), s.now) {
+        Ok((id, a)) => {
+            s.apply(a);
+            id
+        }
+        Err(e) => panic!("canary: {e}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Then {
+    Promote,
+    Rollback,
+    /// A canary crashes while holding: automatic rollback.
+    CanaryCrashes,
+    /// A canary never acks (ack timeout) before the hold: automatic rollback.
+    CanaryNeverAcks,
+    /// A base worker dies during the hold: replaced by its own version.
+    BaseDies,
+    /// A new upgrade supersedes the holding canary.
+    Supersede,
+}
+
+/// Every shape and every way a canary can end: the acked count never drops
+/// below `count`, never more than `count + max_surge` live, canaries always
+/// identifiable, and the pool ends on one version with `count` acked.
+#[test]
+fn canaries_hold_their_bounds_through_every_ending() {
+    for count in 2..=5usize {
+        for n in 1..count {
+            for max_unacked in 1..=2usize {
+                for surge in 1..=2usize {
+                    for then in [
+                        Then::Promote,
+                        Then::Rollback,
+                        Then::CanaryCrashes,
+                        Then::CanaryNeverAcks,
+                        Then::BaseDies,
+                        Then::Supersede,
+                    ] {
+                        for order in [false, true] {
+                            let ctx = format!(
+                                "count {count} canary {n} max_unacked {max_unacked} surge {surge} {then:?} newest-first {order}"
+                            );
+                            canary_case(count, n, max_unacked, surge, then, order, &ctx);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn canary_case(
+    count: usize,
+    n: usize,
+    max_unacked: usize,
+    surge: usize,
+    then: Then,
+    order: bool,
+    ctx: &str,
+) {
+    let mut s = canary_sim(count, max_unacked, surge);
+    let base = s.pool.version();
+    let old: BTreeSet<Pid> = s.acked_pids().into_iter().collect();
+    let id = start_canary(&mut s, n);
+    let canary_version = s.pool.version();
+    if let Then::CanaryNeverAcks = then {
+        // The first canary never acks: its ack timeout kills it and the
+        // canary rolls back on its own.
+        let pid = s.unacked()[0];
+        let at = s.now + 3600 * S;
+        s.now = at;
+        let a = s.pool.tick(s.now);
+        s.apply(a);
+        check_canary(&s, n);
+        s.exit(pid);
+        drive(&mut s, order, settled);
+        assert_eq!(s.pool.version(), base, "{ctx}: back on the base version");
+        let now_acked: BTreeSet<Pid> = s.acked_pids().into_iter().collect();
+        assert_eq!(now_acked, old, "{ctx}: the old workers never stopped");
+        assert_eq!(s.pool.acked(), count, "{ctx}");
+        return;
+    }
+    drive(&mut s, order, |s| {
+        check_canary(s, n);
+        holding(s)
+    });
+    assert!(s.max_live_seen <= count + surge, "{ctx}: surge bound");
+    assert!(
+        s.max_new_unacked_seen <= max_unacked,
+        "{ctx}: unacked bound"
+    );
+    // Holding: exactly n canaries and count - n base workers, all acked.
+    let canaries = s
+        .acked_pids()
+        .into_iter()
+        .filter(|p| {
+            s.pool
+                .worker_by_pid(*p)
+                .is_some_and(|w| w.version == canary_version)
+        })
+        .count();
+    assert_eq!(canaries, n, "{ctx}: canaries");
+    assert_eq!(s.pool.acked(), count, "{ctx}: total");
+    // Without a hold, the request that started the canary is answered now.
+    assert_eq!(s.final_outcome(id), Some(Ok(())), "{ctx}: canary reply");
+    let expect = match then {
+        Then::Promote => {
+            let a = s.pool.promote(s.now).map(|(_, a)| a).unwrap_or_default();
+            s.apply(a);
+            canary_version
+        }
+        Then::Rollback => {
+            let a = s
+                .pool
+                .rollback(None, s.now)
+                .map(|(_, a)| a)
+                .unwrap_or_default();
+            s.apply(a);
+            base
+        }
+        Then::CanaryCrashes => {
+            let pid = s
+                .acked_pids()
+                .into_iter()
+                .find(|p| {
+                    s.pool
+                        .worker_by_pid(*p)
+                        .is_some_and(|w| w.version == canary_version)
+                })
+                .unwrap_or_default();
+            // A crash costs the pool one acked worker: that is the crash, not
+            // the rollout; the floor holds again once it is replaced.
+            s.acked_floor = count - 1;
+            s.exit(pid);
+            base
+        }
+        Then::BaseDies => {
+            let pid = s
+                .acked_pids()
+                .into_iter()
+                .find(|p| s.pool.worker_by_pid(*p).is_some_and(|w| w.version == base))
+                .unwrap_or_default();
+            s.acked_floor = count - 1;
+            s.exit(pid);
+            drive(&mut s, order, |s| {
+                check_canary(s, n);
+                s.pool.acked() == count && s.draining_pids().is_empty()
+            });
+            assert!(
+                holding(&s),
+                "{ctx}: still holding after a base worker's death"
+            );
+            assert_eq!(
+                s.pool
+                    .workers
+                    .values()
+                    .filter(|w| w.version == base)
+                    .count(),
+                count - n,
+                "{ctx}: the base worker was replaced by its own version"
+            );
+            s.acked_floor = count;
+            let a = s.pool.promote(s.now).map(|(_, a)| a).unwrap_or_default();
+            s.apply(a);
+            canary_version
+        }
+        Then::CanaryNeverAcks => unreachable!("handled above"),
+        Then::Supersede => {
+            let (_, a) = s
+                .pool
+                .upgrade_with(None, None, None, s.now)
+                .unwrap_or_else(|e| panic!("{e}"));
+            s.apply(a);
+            s.pool.version()
+        }
+    };
+    drive(&mut s, order, |s| {
+        check_canary(s, n);
+        settled(s)
+    });
+    s.drain_exit();
+    assert_eq!(s.pool.acked(), count, "{ctx}: end count");
+    assert_eq!(
+        s.versions().into_iter().collect::<Vec<_>>(),
+        vec![expect],
+        "{ctx}: one version"
+    );
+    assert!(s.pool.canary().is_none(), "{ctx}");
+    assert!(s.max_live_seen <= count + surge, "{ctx}: surge bound (end)");
+}
+
+#[test]
+fn a_canary_with_a_hold_promotes_itself_when_healthy() {
+    let mut p = spec(4);
+    p.canary_hold = Some(600 * S);
+    let mut s = Sim::new(p);
+    s.ack_all();
+    let id = start_canary(&mut s, 1);
+    drive(&mut s, false, holding);
+    assert_eq!(s.final_outcome(id), None, "the request waits for the hold");
+    let v = s.pool.version();
+    s.advance(599 * S);
+    assert!(holding(&s));
+    s.advance(S);
+    assert!(s.pool.canary().is_none(), "promoted after the hold");
+    drive(&mut s, false, settled);
+    assert_eq!(s.final_outcome(id), Some(Ok(())));
+    assert_eq!(s.versions().into_iter().collect::<Vec<_>>(), vec![v]);
+    let ev = s.pool.take_events();
+    assert!(ev.contains(&PoolEvent::CanaryPromoted { id, auto: true }));
+}
+
+#[test]
+fn a_canary_that_dies_rolls_back_and_tells_why() {
+    let mut s = started(3);
+    let base = s.pool.version();
+    let id = start_canary(&mut s, 1);
+    drive(&mut s, false, holding);
+    let canary = s
+        .acked_pids()
+        .into_iter()
+        .find(|p| s.pool.worker_by_pid(*p).is_some_and(|w| w.version != base))
+        .unwrap_or_default();
+    s.exit(canary);
+    drive(&mut s, false, settled);
+    assert_eq!(s.pool.version(), base);
+    let why = s.pool.last_upgrade().map(|o| o.result.clone());
+    assert!(
+        matches!(&why, Some(Ok(()))) || matches!(&why, Some(Err(e)) if e.contains("canary")),
+        "{why:?}"
+    );
+    let ev = s.pool.take_events();
+    assert!(
+        ev.iter().any(|e| matches!(e, PoolEvent::CanaryRolledBack { id: i, why } if *i == id && why.contains("exit status"))),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn promote_and_rollback_need_a_canary_or_a_finished_upgrade() {
+    let mut s = started(2);
+    assert!(matches!(
+        s.pool.promote(s.now),
+        Err(PoolError::NoCanary { .. })
+    ));
+    assert!(matches!(
+        s.pool.rollback(None, s.now),
+        Err(PoolError::NothingToRollBack { .. })
+    ));
+    assert!(matches!(
+        s.pool.upgrade_with(None, None, Some(2), s.now),
+        Err(PoolError::BadCanary { .. })
+    ));
+    // After a finished upgrade, rollback goes back to the version it replaced,
+    // smoothly, and a second rollback returns to the newer one.
+    let v1 = s.pool.version();
+    let v1_spec = s.pool.spec().clone();
+    let id = s.upgrade(UpgradeStrategy::Smooth);
+    assert_eq!(run_upgrade(&mut s, id, false), Ok(()));
+    s.drain_exit();
+    assert_eq!(s.pool.previous().map(|p| p.0), Some(v1));
+    s.acked_floor = 2;
+    let (rid, a) = s
+        .pool
+        .rollback(None, s.now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.apply(a);
+    assert_eq!(run_upgrade(&mut s, rid, false), Ok(()));
+    s.drain_exit();
+    assert!(
+        Arc::ptr_eq(s.pool.spec(), &v1_spec),
+        "runs the previous spec again"
+    );
+    assert_eq!(s.pool.acked(), 2);
+}
+
+/// Recycling by age: each worker is replaced through the smooth engine (its
+/// successor acks first), at most max_unacked at a time, spread by the jitter.
+#[test]
+fn over_age_workers_are_recycled_without_a_dip() {
+    let mut p = spec(4);
+    p.max_age = Some(3600 * S);
+    p.max_age_jitter = 600 * S;
+    p.max_unacked = 1;
+    let mut s = Sim::new(p);
+    s.ack_all();
+    s.acked_floor = 4;
+    let old: BTreeSet<Pid> = s.acked_pids().into_iter().collect();
+    // Nothing before max_age.
+    s.advance(3599 * S);
+    assert!(s.pool.recycling().next().is_none());
+    // Over the next jitter window every worker is recycled once; the acked
+    // count never drops below 4 (checked after every step by the Sim).
+    let mut guard = 0;
+    while s.acked_pids().iter().any(|p| old.contains(p)) {
+        guard += 1;
+        assert!(guard < 10_000, "recycling never finished");
+        let mut un = s.unacked();
+        if let Some(pid) = un.pop() {
+            assert!(un.is_empty(), "more than max_unacked successors at once");
+            s.ack(pid);
+        } else if let Some(pid) = s.draining_pids().first() {
+            s.exit(*pid);
+        } else if !s.run_next_deadline() {
+            panic!("stuck: {:?}", s.pool);
+        }
+        assert!(s.pool.acked() >= 4, "dip while recycling");
+    }
+    let ev = s.pool.take_events();
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(
+                e,
+                PoolEvent::Recycling {
+                    reason: RecycleReason::Age,
+                    ..
+                }
+            ))
+            .count(),
+        4
+    );
+}
+
+#[test]
+fn the_jitter_spreads_workers_over_the_window() {
+    let max = Duration::from_secs(1000);
+    let js: Vec<Duration> = (1..=100).map(|id| jitter(id, max)).collect();
+    assert!(js.iter().all(|j| *j < max));
+    let low = js.iter().filter(|j| **j < max / 2).count();
+    assert!(
+        (30..=70).contains(&low),
+        "not spread: {low} of 100 in the first half"
+    );
+    assert_eq!(jitter(5, Duration::ZERO), Duration::ZERO);
+}
+
+#[test]
+fn an_oversized_worker_is_recycled_and_the_others_are_left_alone() {
+    let mut p = spec(3);
+    p.max_rss = Some(100 << 20);
+    let mut s = Sim::new(p);
+    s.ack_all();
+    s.acked_floor = 3;
+    let pids = s.acked_pids();
+    let a = s
+        .pool
+        .over_rss(pids[0], 50 << 20, s.now)
+        .unwrap_or_default();
+    assert!(a.is_empty() && s.pool.recycling().next().is_none());
+    let a = s
+        .pool
+        .over_rss(pids[1], 200 << 20, s.now)
+        .unwrap_or_default();
+    s.apply(a);
+    assert_eq!(s.unacked().len(), 1, "successor started first");
+    assert!(
+        s.draining_pids().is_empty(),
+        "not stopped before the successor acks"
+    );
+    let succ = s.unacked()[0];
+    s.ack(succ);
+    assert_eq!(s.draining_pids(), vec![pids[1]]);
+    s.drain_exit();
+    assert_eq!(s.pool.acked(), 3);
+    assert!(s.pool.recycling().next().is_none());
+}
+
+#[test]
+fn a_worker_that_stops_pinging_is_replaced() -> Result<(), PoolError> {
+    let mut p = spec(1);
+    p.heartbeat_timeout = Some(10 * S);
+    let mut s = Sim::new(p);
+    s.ack_all();
+    let pid = s.acked_pids()[0];
+    for _ in 0..5 {
+        s.advance(9 * S);
+        s.pool.ping(pid, None, s.now)?;
+    }
+    assert!(s.draining_pids().is_empty(), "pings keep it");
+    s.advance(10 * S);
+    assert_eq!(s.draining_pids(), vec![pid]);
+    assert_eq!(
+        s.signals.get(&pid).map(|v| v.as_slice()),
+        Some(&[Signal::SIGKILL][..])
+    );
+    s.exit(pid);
+    assert_eq!(s.unacked().len(), 1, "replaced");
+    assert_eq!(s.pool.failures(), 0, "not a failure to start");
+    Ok(())
+}

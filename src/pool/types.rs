@@ -27,6 +27,15 @@ pub enum StopReason {
     WorkerStopping,
     /// New-version worker stopped because its upgrade was abandoned or superseded.
     Abandoned,
+    /// Replaced because it grew too old or too large (`max_age`, `max_rss`);
+    /// its successor acked first.
+    Recycled,
+    /// Einhorn-protocol worker that sent no `worker:ping` within
+    /// `heartbeat_timeout`; killed.
+    Heartbeat,
+    /// A canary retired by a rollback, after an old-version worker acked in
+    /// its place.
+    RolledBack,
 }
 
 impl StopReason {
@@ -39,6 +48,9 @@ impl StopReason {
             StopReason::Abandoned => "upgrade abandoned",
             StopReason::Watchdog => "watchdog timeout",
             StopReason::WorkerStopping => "worker said STOPPING=1",
+            StopReason::Recycled => "recycled",
+            StopReason::Heartbeat => "heartbeat timeout",
+            StopReason::RolledBack => "rolled back",
         }
     }
 }
@@ -83,6 +95,31 @@ pub struct Worker {
     pub notify_status: Option<String>,
     /// Notify mode with `watchdog`: killed if no WATCHDOG=1 by then.
     pub watchdog_at: Option<Instant>,
+    /// `heartbeat_timeout`: killed if no `worker:ping` by then.
+    pub heartbeat_at: Option<Instant>,
+    /// `max_age`: due for recycling then.
+    pub recycle_at: Option<Instant>,
+    /// Marked for replacement (too old or too large): its successor is being
+    /// started; it drains once that one acked.
+    pub recycle: Option<RecycleReason>,
+}
+
+/// Why a worker is being replaced although it works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecycleReason {
+    /// Older than the pool's `max_age` (plus its jitter).
+    Age,
+    /// Its RSS (bytes) exceeded the pool's `max_rss`.
+    Rss(u64),
+}
+
+impl RecycleReason {
+    pub fn describe(self) -> String {
+        match self {
+            RecycleReason::Age => "max_age reached".into(),
+            RecycleReason::Rss(b) => format!("RSS {} MiB over max_rss", b >> 20),
+        }
+    }
 }
 
 impl Worker {
@@ -144,6 +181,36 @@ pub(super) struct Upgrade {
     /// The version (and its spec) to fall back to if this upgrade fails.
     pub(super) from: (u64, Arc<PoolConfig>),
     pub(super) started: Instant,
+    /// A canary upgrade: how many new workers, and its hold.
+    pub(super) canary: Option<Canary>,
+    /// This upgrade goes back to an earlier version (a rollback).
+    pub(super) rollback: bool,
+    /// A canary's rollback: it went back to what was already running, so
+    /// what `rollback` after a finished upgrade returns to does not change.
+    pub(super) keeps_previous: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Canary {
+    pub(super) n: usize,
+    /// Promote automatically after holding healthy this long.
+    pub(super) hold: Option<Duration>,
+    /// When all canaries acked and the pool began holding.
+    pub(super) holding_since: Option<Instant>,
+}
+
+/// A canary as `status` and `state` show it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CanaryInfo {
+    pub upgrade: UpgradeId,
+    /// The canaries' version (workers of any other version are the old one).
+    pub version: u64,
+    /// The version it rolls back to.
+    pub base: u64,
+    pub n: usize,
+    pub started: Instant,
+    pub holding_since: Option<Instant>,
+    pub hold: Option<Duration>,
 }
 
 /// How the last upgrade of this pool ended, for `status`.
@@ -161,6 +228,12 @@ pub(super) enum TimerKey {
     Respawn,
     /// `ack = "notify"` with `watchdog`: the worker's WATCHDOG=1 deadline.
     Watchdog(WorkerId),
+    /// `heartbeat_timeout`: the worker's next `worker:ping` deadline.
+    Heartbeat(WorkerId),
+    /// `max_age`: the worker is due for recycling.
+    Age(WorkerId),
+    /// A holding canary's `canary_hold` is over: promote it.
+    CanaryHold,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -197,4 +270,16 @@ pub enum PoolError {
     NotAWorker { pool: String, pid: Pid },
     #[error("pool {pool} is shutting down")]
     ShuttingDown { pool: String },
+    #[error("pool {pool} has no canary to promote or roll back")]
+    NoCanary { pool: String },
+    #[error(
+        "pool {pool}: nothing to roll back to (no upgrade has finished since the master started)"
+    )]
+    NothingToRollBack { pool: String },
+    #[error("pool {pool}: a canary of {n} needs at least {} workers (count is {count})", n + 1)]
+    BadCanary {
+        pool: String,
+        n: usize,
+        count: usize,
+    },
 }

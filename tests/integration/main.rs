@@ -22,6 +22,7 @@ mod harness;
 mod pools_and_cli;
 mod reload;
 mod respawn;
+mod rollouts;
 mod shutdown;
 mod startup;
 mod syslog;

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use einhyrningsins::protocol;
 
 use conn::{Conn, CtlError, Outcome, Reply, EXIT_FAILURE};
@@ -33,6 +33,9 @@ EXAMPLES:
         The same command given as plain words.
     einhyrningsinsctl -d /run/app/einhorn.sock upgrade
         Rolling upgrade; progress lines are printed as the master sends them.
+    einhyrningsinsctl --pool web upgrade --canary 1
+        One new worker replaces one old one, then the pool holds with both
+        versions; `promote` finishes the roll, `rollback` undoes it.
     einhyrningsinsctl --timeout 10m upgrade_fleet --pool api
         Give up (exit 4) if the fleet upgrade has not finished in 10 minutes.
     einhyrningsinsctl -- signal -USR1
@@ -43,10 +46,7 @@ EXAMPLES:
         Script mode: commands read from stdin, one per line, no prompts.
 
 COMMANDS (sent to the master):
-    ehlo, help, check, state, status, inc, dec, set_workers N, upgrade,
-    upgrade_fleet, signal SIG..., die [SIG], reload, version, louder, quieter
-    (check: ok only when every pool has its count acked, for readiness probes)
-
+{COMMANDS}
 SHELL COMMANDS (handled by the shell itself):
     pool NAME    send later commands to pool NAME (`pool -` clears, `pool` shows)
     quit, exit   leave (so does Ctrl-D)
@@ -88,7 +88,7 @@ FILES:
         not a terminal, the shell reads commands from it line by line (script \
         mode). The protocol is one JSON object per line on a unix socket, \
         compatible with einhorn's.",
-    after_long_help = AFTER_HELP
+    // after_long_help: set in main, from the master's command table.
 )]
 struct Cli {
     /// Control socket of the master [default: $EINHORN_SOCK_PATH, else /tmp/einhorn.sock]
@@ -110,6 +110,11 @@ struct Cli {
     #[arg(long, value_name = "DUR", value_parser = parse_timeout)]
     timeout: Option<Duration>,
 
+    /// With `upgrade`: start a canary of N new workers and hold (then
+    /// `promote` or `rollback`); 0 forces a full upgrade
+    #[arg(long, value_name = "N")]
+    canary: Option<usize>,
+
     /// Command to send; the remaining words are its arguments
     #[arg(short = 'e', long = "execute", value_name = "CMD")]
     execute: Option<String>,
@@ -130,6 +135,18 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 30s, 500ms or 10m: {e}"))
+}
+
+/// `--help`'s epilogue, with the master's commands from its own table.
+fn after_help() -> String {
+    let mut list = String::new();
+    for c in protocol::COMMANDS
+        .iter()
+        .filter(|c| c.scope != protocol::Scope::Worker)
+    {
+        list.push_str(&format!("    {:<22} {}\n", c.usage(), c.help));
+    }
+    AFTER_HELP.replace("{COMMANDS}", &list)
 }
 
 /// What every mode needs to talk to the master.
@@ -179,13 +196,21 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::command()
+        .after_long_help(after_help())
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let settings = Settings {
         path: conn::socket_path(cli.socket_path),
         json: cli.json,
         timeout_flag: cli.timeout,
     };
     let mut words = cli.words;
+    let canary = cli.canary;
     let command = match cli.execute {
         Some(cmd) => Some(cmd),
         None if words.is_empty() => None,
@@ -196,7 +221,16 @@ fn main() -> ExitCode {
             eprintln!("einhyrningsinsctl: the command is empty (try --help)");
             ExitCode::from(2)
         }
-        Some(cmd) => ExitCode::from(one_shot(&settings, &cmd, &words, cli.pool.as_deref())),
+        Some(cmd) if canary.is_some() && cmd != "upgrade" => {
+            eprintln!("einhyrningsinsctl: --canary goes with `upgrade` only");
+            ExitCode::from(2)
+        }
+        Some(cmd) => {
+            if let Some(n) = canary {
+                words.splice(0..0, ["--canary".to_string(), n.to_string()]);
+            }
+            ExitCode::from(one_shot(&settings, &cmd, &words, cli.pool.as_deref()))
+        }
         None => ExitCode::from(shell::run(&settings, cli.pool)),
     }
 }

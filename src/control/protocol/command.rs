@@ -135,15 +135,29 @@ pub const COMMANDS: &[CommandSpec] = &[
     )),
     pool_last(streaming(spec(
         "upgrade",
-        "",
+        "[--canary N]",
         Scope::PoolOrAll,
-        "smooth rolling upgrade of `pool`, or of every pool; streams progress",
+        "smooth rolling upgrade of `pool`, or of every pool; streams progress. \
+         --canary N: only N new workers, then hold (promote or rollback); 0: a full upgrade",
     ))),
     pool_last(streaming(spec(
         "upgrade_fleet",
         "",
         Scope::PoolOrAll,
         "fleet upgrade: all new workers, then retire all old ones",
+    ))),
+    pool_last(streaming(spec(
+        "promote",
+        "",
+        Scope::PoolOrAll,
+        "a holding canary's version replaces the rest of the pool; streams progress",
+    ))),
+    pool_last(streaming(spec(
+        "rollback",
+        "",
+        Scope::PoolOrAll,
+        "retire a canary and restore the old version; without a canary, roll back to \
+         the release the last upgrade replaced (if it is still on disk, unchanged)",
     ))),
     spec(
         "signal",
@@ -217,7 +231,14 @@ pub enum Command {
     Inc,
     Dec,
     SetWorkers(usize),
-    Upgrade(UpgradeKind),
+    /// `canary`: `Some(n)` for `--canary n` (0: a full upgrade even if the pool
+    /// is configured for canaries); `None`: the pool's own `canary` setting.
+    Upgrade {
+        kind: UpgradeKind,
+        canary: Option<usize>,
+    },
+    Promote,
+    Rollback,
     Signal(Vec<Signal>),
     /// Graceful shutdown; `Some`: workers get this signal instead of their own.
     Die(Option<Signal>),
@@ -281,9 +302,13 @@ impl Command {
         let mut args: &[String] = &req.args;
         let mut pool = req.pool.clone();
         if pool.is_none() && spec.pool_as_last_arg {
-            let takes = usize::from(!spec.args.is_empty());
+            let takes: &[usize] = match spec.name {
+                "set_workers" => &[1],
+                "upgrade" => &[0, 2],
+                _ => &[0],
+            };
             if let Some((last, rest)) = args.split_last() {
-                if args.len() == takes + 1 && is_pool(last) {
+                if takes.contains(&rest.len()) && is_pool(last) {
                     pool = Some(last.clone());
                     args = rest;
                 }
@@ -314,8 +339,27 @@ impl Command {
                 [n] => Command::SetWorkers(parse_count(name, n)?),
                 _ => return Err(usage()),
             },
-            "upgrade" => none(args).map(|()| Command::Upgrade(UpgradeKind::Configured))?,
-            "upgrade_fleet" => none(args).map(|()| Command::Upgrade(UpgradeKind::Fleet))?,
+            "upgrade" => {
+                let canary = match args {
+                    [] => None,
+                    [flag, n] if flag == "--canary" => Some(parse_count(name, n)?),
+                    [one] => match one.strip_prefix("--canary=") {
+                        Some(n) => Some(parse_count(name, n)?),
+                        None => return Err(usage()),
+                    },
+                    _ => return Err(usage()),
+                };
+                Command::Upgrade {
+                    kind: UpgradeKind::Configured,
+                    canary,
+                }
+            }
+            "upgrade_fleet" => none(args).map(|()| Command::Upgrade {
+                kind: UpgradeKind::Fleet,
+                canary: Some(0),
+            })?,
+            "promote" => none(args).map(|()| Command::Promote)?,
+            "rollback" => none(args).map(|()| Command::Rollback)?,
             "signal" => {
                 if args.is_empty() {
                     return Err(usage());
@@ -371,8 +415,16 @@ impl Command {
             Command::Inc => "inc",
             Command::Dec => "dec",
             Command::SetWorkers(_) => "set_workers",
-            Command::Upgrade(UpgradeKind::Configured) => "upgrade",
-            Command::Upgrade(UpgradeKind::Fleet) => "upgrade_fleet",
+            Command::Upgrade {
+                kind: UpgradeKind::Configured,
+                ..
+            } => "upgrade",
+            Command::Upgrade {
+                kind: UpgradeKind::Fleet,
+                ..
+            } => "upgrade_fleet",
+            Command::Promote => "promote",
+            Command::Rollback => "rollback",
             Command::Signal(_) => "signal",
             Command::Die(_) => "die",
             Command::Reload => "reload",
@@ -466,6 +518,19 @@ mod tests {
         }
     }
 
+    /// docs/protocol.md lists every command of the table.
+    #[test]
+    fn the_protocol_doc_lists_every_command() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/protocol.md"))
+            .unwrap_or_default();
+        for spec in COMMANDS {
+            let listed = doc.contains(&format!("| `{}` |", spec.name))
+                || doc.contains(&format!("`{}` / `", spec.name))
+                || doc.contains(&format!(" / `{}` |", spec.name));
+            assert!(listed, "docs/protocol.md does not list `{}`", spec.name);
+        }
+    }
+
     #[test]
     fn names_are_unique() {
         for (i, a) in COMMANDS.iter().enumerate() {
@@ -494,6 +559,33 @@ mod tests {
         let mut r = req("inc", &["web"]);
         r.pool = Some("api".into());
         assert!(Command::parse(&r, |_| true).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn upgrade_takes_a_canary_and_the_pool_last() -> Result<(), CommandError> {
+        assert_eq!(
+            parse("upgrade", &["--canary", "2", "web"])?,
+            Parsed {
+                command: Command::Upgrade {
+                    kind: UpgradeKind::Configured,
+                    canary: Some(2)
+                },
+                pool: Some("web".into())
+            }
+        );
+        assert_eq!(
+            parse("upgrade", &["--canary=0"])?.command,
+            Command::Upgrade {
+                kind: UpgradeKind::Configured,
+                canary: Some(0)
+            }
+        );
+        assert_eq!(parse("upgrade", &["web"])?.pool.as_deref(), Some("web"));
+        assert!(parse("upgrade", &["--canary"]).is_err());
+        assert!(parse("upgrade", &["--canary", "x"]).is_err());
+        assert_eq!(parse("promote", &["web"])?.command, Command::Promote);
+        assert_eq!(parse("rollback", &[])?.command, Command::Rollback);
         Ok(())
     }
 

@@ -11,6 +11,7 @@
 
 pub mod fds;
 pub mod http;
+pub mod load;
 pub mod master;
 pub mod procs;
 pub mod rolls;
@@ -19,12 +20,13 @@ pub mod tempdir;
 pub mod wait;
 pub mod wire;
 
-pub use http::{distinct_answering_pids, free_port, http_get, http_get_status};
+pub use http::{distinct_answering_pids, free_port, http_get, http_get_status, pid_of_body};
+pub use load::{read_response, Load, Sampler};
 pub use master::{
     config_file, copy_worker, http_worker, touch, Master, MasterBuilder, CTL, MASTER,
 };
 pub use procs::{alive, environ, have, run_to_exit, wait_all_dead, Proc, Running};
-pub use state::{all_pids, messages, request_at, state_at, versions, workers};
+pub use state::{all_pids, messages, request_at, versions, workers};
 pub use tempdir::TempDir;
 pub use wait::{holds_for, poll_until, wait_for};
 pub use wire::{
