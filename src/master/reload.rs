@@ -323,6 +323,9 @@ impl Master {
             .map(|p| p.binds.iter().map(BindSpec::addr_text).collect())
             .unwrap_or_default();
         let new_binds: Vec<String> = spec.binds.iter().map(BindSpec::addr_text).collect();
+        // A count set at run time (inc, set_workers) stays unless the file's
+        // count itself changed.
+        let count_changed = self.config.pools.get(name).map(|p| p.count) != Some(spec.count);
         let Some(e) = self.pools.get_mut(name) else {
             return;
         };
@@ -348,13 +351,13 @@ impl Master {
         }
         drop(old_only);
         let spec = Arc::new(spec.clone());
-        let mut actions = match e.pool.set_count(spec.count, now) {
-            Ok(a) => a,
-            Err(err) => {
-                log::warn!("reload: {err}");
-                Vec::new()
+        let mut actions = Vec::new();
+        if count_changed {
+            match e.pool.set_count(spec.count, now) {
+                Ok(a) => actions = a,
+                Err(err) => log::warn!("reload: {err}"),
             }
-        };
+        }
         match e.pool.upgrade(None, Some(spec), now) {
             Ok((_, a)) => actions.extend(a),
             Err(err) => log::warn!("reload: {err}"),

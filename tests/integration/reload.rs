@@ -50,6 +50,43 @@ fn editing_count_scales_without_a_new_version() {
     assert!(now.contains(&one[0]));
 }
 
+/// A roll caused by another key keeps a count set at run time (`set_workers`),
+/// since the file's count did not change; an edited count still applies.
+#[test]
+fn a_roll_keeps_a_count_set_at_run_time() {
+    let cfg = |n, env: &str| {
+        format!(
+            "{}{}",
+            watch_head("100ms"),
+            pool_toml(
+                "web",
+                "\"{dir}/app\"",
+                n,
+                &format!("env = {{ REV = \"{env}\" }}")
+            )
+        )
+    };
+    let m = MasterBuilder::config(&cfg(2, "a"))
+        .prepare(|d| {
+            copy_worker(&d.join("app"));
+        })
+        .start();
+    m.wait_acked("web", 2);
+    let (msg, err) = m.cmd("set_workers", &["3"], Some("web"));
+    assert!(!err, "{msg}");
+    let old = m.wait_acked("web", 3);
+    let v = m.version("web");
+    m.write_config(&cfg(2, "b"));
+    let (msg, err) = m.cmd("reload", &[], None);
+    assert!(!err, "{msg}");
+    let old = m.wait_rolled("web", v + 1, 3, &old);
+    // The file's count edited: that one applies, with the roll.
+    m.write_config(&cfg(4, "c"));
+    let (msg, err) = m.cmd("reload", &[], None);
+    assert!(!err, "{msg}");
+    m.wait_rolled("web", v + 2, 4, &old);
+}
+
 #[test]
 fn adding_and_removing_pools() {
     let (pw, pa, pj) = (free_port(), free_port(), free_port());
