@@ -27,7 +27,7 @@
 use std::fs;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -93,6 +93,17 @@ struct UnixOwner {
     ino: u64,
 }
 
+/// A socket as data, to hand it to a re-executed master (the fd stays open
+/// across the exec; see src/master/reexec.rs).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SocketParts {
+    pub fd: RawFd,
+    pub spec: BindSpec,
+    pub local_addr: String,
+    /// A unix socket's file we created: path, device, inode.
+    pub unix_owner: Option<(PathBuf, u64, u64)>,
+}
+
 /// A bound, listening socket owned by the master. Close-on-exec; see the module doc.
 #[derive(Debug)]
 pub struct BoundSocket {
@@ -146,6 +157,37 @@ impl BoundSocket {
             local_addr,
             unix_owner: None,
         })
+    }
+
+    /// The socket as data, without giving it up.
+    pub fn parts(&self) -> SocketParts {
+        SocketParts {
+            fd: self.fd.as_raw_fd(),
+            spec: self.spec.clone(),
+            local_addr: self.local_addr.clone(),
+            unix_owner: self
+                .unix_owner
+                .as_ref()
+                .map(|o| (o.path.clone(), o.dev, o.ino)),
+        }
+    }
+
+    /// The socket a previous image of this master held at `parts.fd`.
+    ///
+    /// # Safety
+    /// `parts.fd` must be an open listening socket this process owns and that
+    /// nothing else will close (each fd is taken once).
+    pub unsafe fn from_parts(parts: SocketParts) -> BoundSocket {
+        // SAFETY: the caller hands over the fd (see above).
+        let fd = unsafe { OwnedFd::from_raw_fd(parts.fd) };
+        BoundSocket {
+            spec: parts.spec,
+            fd,
+            local_addr: parts.local_addr,
+            unix_owner: parts
+                .unix_owner
+                .map(|(path, dev, ino)| UnixOwner { path, dev, ino }),
+        }
     }
 
     /// A second handle on the same listening socket (dup, close-on-exec) that

@@ -42,9 +42,19 @@ use std::process::ExitCode;
 /// sockets, run the master loop. Exit status: 0 normal, 1 runtime failure, 2
 /// usage, configuration, or a socket that cannot be had at start.
 pub fn main() -> ExitCode {
+    // A new image after `reexec` (src/master/reexec.rs): first, while there is
+    // one thread, as it takes the state's variable out of the environment.
+    if let Some(fd) = master::take_resume_fd() {
+        return resume(fd);
+    }
     // Hidden: `--exec-trampoline PROGRAM ARGS...` (src/systemd/activation.rs).
     if let Some(status) = systemd::activation::trampoline_main() {
         return ExitCode::from(status);
+    }
+    // Hidden: the new binary's check before a `reexec` (src/master/reexec.rs).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).and_then(|a| a.to_str()) == Some(master::CHECK_ARG) {
+        return ExitCode::from(master::check_main(&args[2..]));
     }
     let config = match cli::parse_args(std::env::args_os()) {
         Ok(cli::Invocation::Run(config)) => config,
@@ -63,7 +73,25 @@ pub fn main() -> ExitCode {
         eprintln!("einhyrningsins: {e}");
         return ExitCode::from(1);
     }
-    match master::run(config) {
+    match master::run(config, master::Launch::from_env()) {
+        Ok(status) => code(status),
+        Err(e) => {
+            ::log::error!("{e}");
+            code(e.exit_code())
+        }
+    }
+}
+
+/// The new image after a re-exec: take over from the state the old one left.
+fn resume(fd: Result<std::os::fd::RawFd, String>) -> ExitCode {
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("einhyrningsins: cannot resume after re-exec: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match master::resume(fd) {
         Ok(status) => code(status),
         Err(e) => {
             ::log::error!("{e}");

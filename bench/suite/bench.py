@@ -135,12 +135,16 @@ class Ctl:
 
 
 class Master:
-    def __init__(self, pools, name, extra_pool=None):
+    def __init__(self, pools, name, extra_pool=None, extra_master=None):
         """pools: {name: (count, crash)}."""
         self.dir = tempfile.mkdtemp(prefix="einhbench-%s-" % name)
         self.sock = os.path.join(self.dir, "control.sock")
         self.tag = "--tag=%s-%s" % (RUN_TAG, name)
         lines = ["[control]", 'socket = "%s"' % self.sock, ""]
+        if extra_master:
+            lines.append("[master]")
+            lines += ["%s = %s" % kv for kv in extra_master.items()]
+            lines.append("")
         for pname, (count, crash) in pools.items():
             argv = [WORKER, self.tag] + (["--crash"] if crash else [])
             lines += [
@@ -441,6 +445,67 @@ def control_run(n=1000, requests=500):
         _stop_checked(m)
 
 
+def reexec_call(ctl):
+    """One `reexec` on a persistent connection; seconds to the final reply."""
+    t0 = time.perf_counter()
+    r = ctl.call("reexec")
+    took = time.perf_counter() - t0
+    if r.get("error") or "Re-exec done" not in r.get("message", ""):
+        raise BenchError("reexec failed: %r" % r)
+    return took
+
+
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def reexec_run(n, check=True, times=10):
+    """Time from a `reexec` request to the new image's reply, n workers."""
+    extra = None if check else {"upgrade_check": "false"}
+    m = Master({"w": (n, False)}, "reexec%d%s" % (n, "" if check else "nc"), extra_master=extra).start()
+    ctl = None
+    try:
+        ctl = wait_for(lambda: _try_ctl(m), 10, "control connection")
+        wait_for(lambda: m.acked_all(ctl, {"w": n}), 120, "%d acks" % n, step=0.1)
+        took = [reexec_call(ctl) for _ in range(times)]
+        # The new image answers other commands at once, on the same connection.
+        t0 = time.perf_counter()
+        ctl.call("version")
+        after = time.perf_counter() - t0
+        st = ctl.state()
+        if st["pools"]["w"]["acked"] != n:
+            raise BenchError("workers lost across re-execs: %r" % st["pools"]["w"]["acked"])
+        return {"median_ms": statistics.median(took) * 1000, "max_ms": max(took) * 1000, "next_ms": after * 1000}
+    finally:
+        if ctl:
+            ctl.close()
+        _stop_checked(m)
+
+
+def reexec_leak_run(n=10, times=100):
+    """fds and RSS of the master after `times` re-execs, against after the
+    first (the first image may hold fds its parent leaked into it, which the
+    master marks close-on-exec at start)."""
+    m = Master({"w": (n, False)}, "reexecleak").start()
+    ctl = None
+    try:
+        ctl = wait_for(lambda: _try_ctl(m), 10, "control connection")
+        wait_for(lambda: m.acked_all(ctl, {"w": n}), 60, "%d acks" % n, step=0.05)
+        start_fds, start_rss = fd_count(m.pid), m.sample_rss()
+        reexec_call(ctl)
+        time.sleep(0.2)
+        fds1, rss1 = fd_count(m.pid), m.sample_rss()
+        for _ in range(times - 1):
+            reexec_call(ctl)
+        time.sleep(0.2)
+        fds2, rss2 = fd_count(m.pid), m.sample_rss()
+        return {"start": (start_fds, start_rss), "first": (fds1, rss1), "last": (fds2, rss2)}
+    finally:
+        if ctl:
+            ctl.close()
+        _stop_checked(m)
+
+
 def scale_run(pools=100, per=100):
     names = ["p%03d" % i for i in range(pools)]
     m = Master({p: (per, False) for p in names}, "scale").start()
@@ -518,7 +583,7 @@ def max_workers_possible():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter pass (about two minutes)")
-    ap.add_argument("--only", default="", help="comma-separated: spawn,upgrade,footprint,idle,crash,control,scale")
+    ap.add_argument("--only", default="", help="comma-separated: spawn,upgrade,footprint,idle,crash,control,reexec,scale")
     ap.add_argument("--runs", type=int, default=0, help="repetitions of the short figures")
     args = ap.parse_args()
     only = set(filter(None, args.only.split(",")))
@@ -632,6 +697,35 @@ def main():
             "median < 2 ms",
             "%.2f ms (p99 %.2f ms, %d bytes)" % (ms, med(rs, "p99_ms"), rs[0]["bytes"]),
             ms < 2.0,
+        ))
+
+    if want("reexec"):
+        for n in (10, 1000):
+            for check in (True, False):
+                step("reexec %d%s" % (n, "" if check else " (no check)"))
+                rs = [reexec_run(n, check) for _ in range(runs)]
+                ms, mx, nxt = med(rs, "median_ms"), med(rs, "max_ms"), med(rs, "next_ms")
+                label = "Re-exec, %d workers: request to the new image's reply" % n
+                if not check:
+                    label += " (upgrade_check = false)"
+                target, ok = "-", None
+                if n == 1000:
+                    target, ok = "< 100 ms", ms < 100.0
+                rows.append((
+                    label,
+                    target,
+                    "%.1f ms median of 10 (max %.1f ms); next command answered in %.2f ms" % (ms, mx, nxt),
+                    ok,
+                ))
+        step("reexec x100")
+        r = reexec_leak_run()
+        (f0, r0), (f1, r1), (f2, r2) = r["start"], r["first"], r["last"]
+        rows.append((
+            "Re-exec x100, 10 workers: master fds and RSS",
+            "equal after 100",
+            "fds %d after the 1st, %d after the 100th (%d at start); RSS %.1f MiB -> %.1f MiB (%.1f at start)" % (
+                f1, f2, f0, r1 / 1024, r2 / 1024, r0 / 1024),
+            f1 == f2 and r2 <= r1 * 1.05 + 256,
         ))
 
     if want("scale"):

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 /// Which address families a host name may resolve to (`-4` / `-6`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Family {
     #[default]
     Any,
@@ -13,7 +13,7 @@ pub enum Family {
     V6Only,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BindAddr {
     /// Host name or literal address, and port.
     Inet { host: String, port: u16 },
@@ -22,7 +22,7 @@ pub enum BindAddr {
 }
 
 /// One `-b` / `binds` entry, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BindSpec {
     /// The text as written, for messages.
     pub raw: String,

@@ -47,7 +47,7 @@ use nix::sys::signal::Signal;
 pub const DEFAULT_SOCKET: &str = "/tmp/einhorn.sock";
 
 /// The whole configuration of one master.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// The file this came from (`None` for the classic command line).
     pub source: Option<PathBuf>,
@@ -59,10 +59,11 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolConfig>,
     /// Where each key was written (empty for the command line). Always compares
     /// equal, so two configs differing only in layout are equal.
+    #[serde(skip)]
     pub locations: Locations,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ControlConfig {
     /// Path of the unix control socket.
     pub socket: PathBuf,
@@ -72,8 +73,9 @@ pub struct ControlConfig {
     pub allow_uids: Vec<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LogConfig {
+    #[serde(with = "value::level_serde")]
     pub level: log::LevelFilter,
     /// Send WARN and above to syslog as well.
     pub syslog: bool,
@@ -82,7 +84,7 @@ pub struct LogConfig {
     pub syslog_socket: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WatchConfig {
     /// Watch binaries, `watch` paths and the config file.
     pub enabled: bool,
@@ -91,17 +93,52 @@ pub struct WatchConfig {
 }
 
 /// Settings of the master process itself (einhorn's `-e`, `-f`, `-c`).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MasterConfig {
     pub pidfile: Option<PathBuf>,
     pub lockfile: Option<PathBuf>,
     pub command_name: Option<String>,
     /// `--subreaper` / `subreaper = true`: reap orphaned grandchildren (PR_SET_CHILD_SUBREAPER).
     pub subreaper: bool,
+    /// `--reexec-as` / `reexec_as`: what `reexec` runs instead of the
+    /// master's own binary (split on whitespace, as einhorn does).
+    pub reexec_as: Option<String>,
+    /// Run the new binary in its check mode before a re-exec
+    /// (`--no-upgrade-check` turns it off).
+    #[serde(default = "yes")]
+    pub upgrade_check: bool,
+    /// How long that check may take.
+    #[serde(default = "default_check_timeout")]
+    pub upgrade_check_timeout: Duration,
+}
+
+fn default_check_timeout() -> Duration {
+    DEFAULT_UPGRADE_CHECK_TIMEOUT
+}
+
+/// The default of `[master] upgrade_check_timeout`.
+pub const DEFAULT_UPGRADE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for MasterConfig {
+    fn default() -> MasterConfig {
+        MasterConfig {
+            pidfile: None,
+            lockfile: None,
+            command_name: None,
+            subreaper: false,
+            reexec_as: None,
+            upgrade_check: true,
+            upgrade_check_timeout: DEFAULT_UPGRADE_CHECK_TIMEOUT,
+        }
+    }
 }
 
 /// How a worker proves it is ready.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AckMode {
     /// Alive for `ack_timer` = acked.
     Timer,
@@ -113,7 +150,7 @@ pub enum AckMode {
 }
 
 /// Which socket-passing conventions a pool's workers get (`socket_protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SocketProtocol {
     /// EINHORN_FD_COUNT / EINHORN_FD_n / EINHORN_FDS.
     pub einhorn: bool,
@@ -130,7 +167,7 @@ impl Default for SocketProtocol {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum UpgradeStrategy {
     /// One by one: each new ack retires one old worker.
     Smooth,
@@ -139,7 +176,7 @@ pub enum UpgradeStrategy {
 }
 
 /// One pool of identical workers.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PoolConfig {
     pub name: String,
     /// argv; `command[0]` is looked up in PATH at spawn time.
@@ -158,6 +195,7 @@ pub struct PoolConfig {
     /// (default [`DEFAULT_UPGRADE_RETRIES`] when `None`).
     pub retries: Option<u32>,
     pub respawn_delay: Duration,
+    #[serde(with = "value::signal_serde")]
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
     pub max_unacked: usize,

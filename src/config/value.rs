@@ -183,3 +183,33 @@ pub(super) fn signal_name(s: Signal) -> &'static str {
 pub(super) fn fmt_duration(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
+
+/// Signals as their names (`"SIGUSR2"`) in serialized state.
+pub mod signal_serde {
+    use nix::sys::signal::Signal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Signal, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Signal, D::Error> {
+        let name = String::deserialize(de)?;
+        super::parse_signal(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Log levels as their names (`"info"`) in serialized state.
+pub mod level_serde {
+    use log::LevelFilter;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(l: &LevelFilter, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(l.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<LevelFilter, D::Error> {
+        let name = String::deserialize(de)?;
+        super::parse_level(&name).map_err(serde::de::Error::custom)
+    }
+}

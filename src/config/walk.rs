@@ -420,6 +420,29 @@ impl Walker<'_> {
                         out.subreaper = b;
                     }
                 }
+                "reexec_as" => {
+                    if let Some(s) = self.string(&key, v) {
+                        if s.split_whitespace().next().is_none() {
+                            self.error(&key, v.span(), "must name a program");
+                        } else {
+                            out.reexec_as = Some(s);
+                        }
+                    }
+                }
+                "upgrade_check" => {
+                    if let Some(b) = self.boolean(&key, v) {
+                        out.upgrade_check = b;
+                    }
+                }
+                "upgrade_check_timeout" => {
+                    if let Some(d) = self.duration(&key, v) {
+                        if d.is_zero() {
+                            self.error(&key, v.span(), "must be more than 0");
+                        } else {
+                            out.upgrade_check_timeout = d;
+                        }
+                    }
+                }
                 _ => self.unknown(
                     "master",
                     &name,

@@ -34,7 +34,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Registry, Token};
@@ -165,6 +165,37 @@ impl Conn {
     }
 }
 
+/// A connection as data, for a re-executed master: the fd stays open across
+/// the exec; what was read and not yet taken, and what was queued and not yet
+/// written, go with it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ConnParts {
+    pub id: ConnId,
+    pub fd: i32,
+    pub rbuf: Vec<u8>,
+    pub out: Vec<u8>,
+    pub close_after_flush: bool,
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+    pub ancestors: Vec<i32>,
+    pub owner: Option<i32>,
+    pub persistent: bool,
+    pub busy: bool,
+    pub peer_eof: bool,
+    /// Milliseconds since its last complete request.
+    pub idle_ms: u64,
+}
+
+/// The control server as data (see [`ConnParts`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ServerParts {
+    pub listener_fd: i32,
+    pub path: PathBuf,
+    pub ino: Option<(u64, u64)>,
+    pub next: ConnId,
+    pub conns: Vec<ConnParts>,
+}
+
 /// One request line taken from a connection.
 #[derive(Debug, PartialEq)]
 pub enum Input {
@@ -247,6 +278,115 @@ impl ControlServer {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The server as data, without giving anything up.
+    pub fn parts(&self) -> ServerParts {
+        let mut conns: Vec<ConnParts> = self
+            .conns
+            .iter()
+            .map(|(id, c)| ConnParts {
+                id: *id,
+                fd: c.stream.as_raw_fd(),
+                rbuf: c.rbuf.clone(),
+                out: c.out.pending().to_vec(),
+                close_after_flush: c.close_after_flush,
+                uid: c.uid,
+                pid: c.pid,
+                ancestors: c.ancestors.clone(),
+                owner: c.owner,
+                persistent: c.persistent,
+                busy: c.busy,
+                peer_eof: c.peer_eof,
+                idle_ms: u64::try_from(c.last_request.elapsed().as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect();
+        conns.sort_by_key(|c| c.id);
+        ServerParts {
+            listener_fd: self.listener.as_raw_fd(),
+            path: self.path.clone(),
+            ino: self.ino,
+            next: self.next,
+            conns,
+        }
+    }
+
+    /// Every fd the server holds (to keep across an exec).
+    pub fn raw_fds(&self) -> Vec<i32> {
+        let mut v = vec![self.listener.as_raw_fd()];
+        v.extend(self.conns.values().map(|c| c.stream.as_raw_fd()));
+        v
+    }
+
+    /// The server a previous image of this master held, registered on
+    /// `registry` (the listener with `token`, each connection with its id).
+    ///
+    /// # Safety
+    /// The fds in `parts` must be open sockets this process owns, each taken
+    /// once.
+    pub unsafe fn from_parts(
+        parts: ServerParts,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<ControlServer> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the caller hands over every fd (see above).
+        let std_listener =
+            unsafe { std::os::unix::net::UnixListener::from_raw_fd(parts.listener_fd) };
+        std_listener.set_nonblocking(true)?;
+        let mut listener = UnixListener::from_std(std_listener);
+        registry.register(&mut listener, token, Interest::READABLE)?;
+        let mut s = ControlServer {
+            listener,
+            path: parts.path,
+            ino: parts.ino,
+            conns: HashMap::new(),
+            persistent: 0,
+            total_queued: 0,
+            ready: BTreeSet::new(),
+            next: parts.next,
+        };
+        let now = Instant::now();
+        for c in parts.conns {
+            // SAFETY: as above.
+            let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(c.fd) };
+            std_stream.set_nonblocking(true)?;
+            let mut stream = UnixStream::from_std(std_stream);
+            registry.register(&mut stream, Token(c.id), Interest::READABLE)?;
+            let mut out = OutBuf::default();
+            out.push(&c.out);
+            s.total_queued += c.out.len();
+            if c.persistent {
+                s.persistent += 1;
+            }
+            s.conns.insert(
+                c.id,
+                Conn {
+                    stream,
+                    rbuf: c.rbuf,
+                    scanned: 0,
+                    out,
+                    close_after_flush: c.close_after_flush,
+                    writable_armed: false,
+                    throttled: false,
+                    uid: c.uid,
+                    pid: c.pid,
+                    ancestors: c.ancestors,
+                    owner: c.owner,
+                    persistent: c.persistent,
+                    busy: c.busy,
+                    peer_eof: c.peer_eof,
+                    // Bytes may have arrived during the exec: look.
+                    unread: true,
+                    last_request: now
+                        .checked_sub(Duration::from_millis(c.idle_ms))
+                        .unwrap_or(now),
+                },
+            );
+            s.ready.insert(c.id);
+            s.flush(registry, c.id);
+        }
+        Ok(s)
     }
 
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {

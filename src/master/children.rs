@@ -28,6 +28,9 @@ impl Master {
                     let Some(pid) = status.pid() else { continue };
                     let pid = pid.as_raw();
                     let how = describe(&status);
+                    if self.reexec_reaped(pid, &status) {
+                        continue;
+                    }
                     let Some(name) = self.pid_pool.remove(&pid) else {
                         log::debug!("reaped pid {pid} ({how}), not a worker");
                         continue;
@@ -265,7 +268,7 @@ impl Master {
 }
 
 /// `exited with status 1`, `killed by SIGKILL`, ...
-fn describe(status: &WaitStatus) -> String {
+pub(super) fn describe(status: &WaitStatus) -> String {
     match status {
         WaitStatus::Exited(_, code) => format!("exit status {code}"),
         WaitStatus::Signaled(_, sig, core) => {

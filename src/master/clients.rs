@@ -121,7 +121,7 @@ impl Master {
         self.control.still_ready(id);
         // A client that half-closed is answered, then closed, unless something
         // still streams to it (an upgrade it waits for).
-        if self.control.finished(id) && !self.waiters.any(|w| w.conn == id) && !self.follows(id) {
+        if self.control.finished(id) && !self.streams_to(id) {
             self.hang_up(id);
         }
         if !self.control.is_open(id) {

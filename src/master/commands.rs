@@ -165,6 +165,15 @@ impl Master {
                 Ok(r) => Outcome::Ok(r.summary),
                 Err(e) => Outcome::Err(format!("Reload failed, configuration unchanged: {e}")),
             },
+            Command::Reexec { upgrade } => {
+                let to = ReplyTo {
+                    conn,
+                    request_id: req.id.clone(),
+                    encoding: req.encoding,
+                };
+                self.request_reexec(to, upgrade);
+                Outcome::Later
+            }
             Command::Louder | Command::Quieter => {
                 let lvl = crate::log::step(parsed.command == Command::Louder);
                 log::warn!("log level is now {lvl}");

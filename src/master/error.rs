@@ -36,6 +36,8 @@ pub enum MasterError {
     },
     #[error("event loop: {0}")]
     Poll(io::Error),
+    #[error("resuming after re-exec: {0}")]
+    Resume(String),
 }
 
 impl MasterError {
@@ -47,7 +49,7 @@ impl MasterError {
             MasterError::Locked { .. }
             | MasterError::PidfileTaken { .. }
             | MasterError::Symlink { .. } => 2,
-            MasterError::File { .. } | MasterError::Poll(_) => 1,
+            MasterError::File { .. } | MasterError::Poll(_) | MasterError::Resume(_) => 1,
         }
     }
 }
@@ -84,6 +86,8 @@ pub enum RuntimeError {
         version: u64,
         why: String,
     },
+    #[error("{0}")]
+    Reexec(String),
     #[error("no config file to reload: the master was started from the command line")]
     NoConfigFile,
     #[error("{0}")]

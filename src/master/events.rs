@@ -24,7 +24,7 @@ const RING: usize = 512;
 pub(super) const FOLLOWER_QUEUE: usize = 256 * 1024;
 
 /// The ring of recent events and the clients following new ones.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct EventLog {
     ring: VecDeque<String>,
     followers: Vec<ReplyTo>,

@@ -21,6 +21,8 @@
 //! - `reload`: re-reading the config file and applying the difference;
 //! - `watching`: the file watcher's wake-ups and debounced decisions;
 //! - `notify`: the workers' notify socket; `service`: the master's own sd_notify;
+//! - `reexec`: the master upgrading itself in place (state out, exec, state in);
+//! - `releases`: what each version ran (for `rollback`); `events`: the event log;
 //! - `startup`: lockfile, pidfile, process name; `error`: typed errors.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -50,6 +52,7 @@ mod events;
 mod notify;
 mod phase;
 mod pools;
+mod reexec;
 mod releases;
 mod reload;
 mod service;
@@ -64,12 +67,25 @@ mod watching;
 pub use error::MasterError;
 use error::RuntimeError;
 use phase::Phase;
+pub(crate) use reexec::{check_main, resume, take_resume_fd, Launch, CHECK_ARG};
 use token::Source;
 use waiters::Waiters;
 
 /// Forks per loop turn: between batches the loop serves acks and clients, so a
 /// pool of thousands starts without starving the control socket.
 const SPAWN_BATCH: usize = 64;
+
+/// The signals the master handles (also blocked across a re-exec).
+const HANDLED_SIGNALS: [i32; 8] = [
+    sigs::SIGHUP,
+    sigs::SIGINT,
+    sigs::SIGTERM,
+    sigs::SIGQUIT,
+    sigs::SIGUSR2,
+    sigs::SIGTTIN,
+    sigs::SIGTTOU,
+    sigs::SIGCHLD,
+];
 
 /// Who wanted a watched file: a change rolls that pool, or reloads the config.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,6 +107,8 @@ enum Deadline {
     SdNotify,
     /// Sample the RSS of a pool's workers (`max_rss`).
     RssSample(String),
+    /// The new binary's check before a re-exec took too long.
+    ReexecCheck,
 }
 
 /// A worker a pool asked for, waiting for its fork.
@@ -153,7 +171,7 @@ impl Rejected {
 }
 
 /// Where a streamed reply goes: the connection, the request's id and encoding.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct ReplyTo {
     conn: ConnId,
     request_id: Option<serde_json::Value>,
@@ -162,8 +180,9 @@ struct ReplyTo {
 
 /// Take the sockets and files `config` asks for, then run the loop until the
 /// master exits; returns the exit status. (The crate's only way into the master.)
-pub fn run(config: Config) -> Result<i32, MasterError> {
-    Master::new(config)?.run()
+/// `launch` is how this process was started: what `reexec` runs again.
+pub fn run(config: Config, launch: Launch) -> Result<i32, MasterError> {
+    Master::new(config, launch)?.run()
 }
 
 struct Master {
@@ -205,12 +224,18 @@ struct Master {
     sd_warned: bool,
     /// `ack = "notify"`: the workers' NOTIFY_SOCKET, bound on first use.
     notify_ack: Option<WorkerNotify>,
+    /// How this master was started (what `reexec` runs again).
+    launch: Launch,
+    /// A re-exec waiting for the new binary's check.
+    reexec: Option<reexec::Job>,
+    /// After a re-exec: the client that asked for it, answered once resumed.
+    resumed_for: Option<ReplyTo>,
 }
 
 impl Master {
     /// Take the lockfile, the control socket, every pool's sockets and the
     /// pidfile; register signal handlers. No worker is started yet.
-    fn new(config: Config) -> Result<Master, MasterError> {
+    fn new(config: Config, launch: Launch) -> Result<Master, MasterError> {
         startup::raise_nofile();
         let lock = startup::Files::lock(config.master.lockfile.as_deref())?;
         let mut control = ControlServer::bind(&config.control.socket, config.control.mode)?;
@@ -242,17 +267,7 @@ impl Master {
         let files = lock.with_pidfile(config.master.pidfile.as_deref())?;
         let (sd, sd_link) = crate::systemd::service::from_env();
         let poll = Poll::new().map_err(MasterError::Poll)?;
-        let mut signals = Signals::new([
-            sigs::SIGHUP,
-            sigs::SIGINT,
-            sigs::SIGTERM,
-            sigs::SIGQUIT,
-            sigs::SIGUSR2,
-            sigs::SIGTTIN,
-            sigs::SIGTTOU,
-            sigs::SIGCHLD,
-        ])
-        .map_err(MasterError::Poll)?;
+        let mut signals = Signals::new(HANDLED_SIGNALS).map_err(MasterError::Poll)?;
         poll.registry()
             .register(
                 &mut signals,
@@ -295,6 +310,9 @@ impl Master {
             sd_link,
             sd_warned: false,
             notify_ack: None,
+            launch,
+            reexec: None,
+            resumed_for: None,
         })
     }
 
@@ -316,6 +334,11 @@ impl Master {
                 self.execute(&name, actions);
             }
         }
+        self.run_loop()
+    }
+
+    /// The loop, until every pool has stopped after a shutdown.
+    fn run_loop(mut self) -> Result<i32, MasterError> {
         let mut events = Events::with_capacity(256);
         loop {
             self.rearm();
@@ -361,6 +384,7 @@ impl Master {
                     Deadline::SdNotify => {}
                     Deadline::RssSample(name) => self.sample_rss(&name, now),
                     Deadline::AcceptRetry => self.accept_clients(),
+                    Deadline::ReexecCheck => self.reexec_check_timeout(),
                 }
             }
             self.serve_clients();
@@ -393,6 +417,12 @@ impl Master {
 
     fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Whether something still streams to `conn` (an upgrade it waits for,
+    /// the events it follows, the re-exec it asked for): it stays open.
+    fn streams_to(&self, conn: ConnId) -> bool {
+        self.waiters.any(|w| w.conn == conn) || self.follows(conn) || self.reexec_requested_by(conn)
     }
 
     /// Find the pool of a worker pid.

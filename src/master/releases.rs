@@ -23,7 +23,7 @@ use crate::config::PoolConfig;
 use crate::watch::resolve_executable;
 
 /// What identifies a file's content without reading it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Print {
     dev: u64,
     ino: u64,
@@ -44,7 +44,7 @@ fn print(p: &Path) -> Option<Print> {
 }
 
 /// One version's resolved release.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Release {
     /// The executable, every symlink followed, and its fingerprint.
     exe: Option<(PathBuf, Print)>,
@@ -175,6 +175,18 @@ impl Releases {
 
     pub(super) fn forget_pool(&mut self, pool: &str) {
         self.0.retain(|(p, _), _| p != pool);
+    }
+
+    /// As a list (for the re-exec state: JSON keys must be strings).
+    pub(super) fn to_list(&self) -> Vec<(String, u64, Release)> {
+        self.0
+            .iter()
+            .map(|((p, v), r)| (p.clone(), *v, r.clone()))
+            .collect()
+    }
+
+    pub(super) fn from_list(list: Vec<(String, u64, Release)>) -> Releases {
+        Releases(list.into_iter().map(|(p, v, r)| ((p, v), r)).collect())
     }
 }
 

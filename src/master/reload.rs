@@ -161,11 +161,17 @@ impl Master {
             .clone()
             .ok_or(RuntimeError::NoConfigFile)?;
         let mut new = Config::load(&path).map_err(RuntimeError::Config)?;
-        if new.control != self.config.control || new.master != self.config.master {
+        // What the next `reexec` runs and how it is checked name no resource
+        // the master holds: they apply at once.
+        let mut master = self.config.master.clone();
+        master.reexec_as = new.master.reexec_as.clone();
+        master.upgrade_check = new.master.upgrade_check;
+        master.upgrade_check_timeout = new.master.upgrade_check_timeout;
+        if new.control != self.config.control || new.master != master {
             log::warn!("reload: [control] and [master] changes need a restart; kept as running");
         }
         new.control = self.config.control.clone();
-        new.master = self.config.master.clone();
+        new.master = master;
         Ok(new)
     }
 

@@ -38,6 +38,30 @@ impl Files {
         })
     }
 
+    /// The lockfile's fd (kept across a re-exec: the lock belongs to its open
+    /// file description) and the pidfile's path.
+    pub(super) fn parts(&self) -> (Option<i32>, Option<PathBuf>) {
+        use std::os::fd::AsRawFd;
+        (
+            self.lock.as_ref().map(|f| f.as_raw_fd()),
+            self.pidfile.clone(),
+        )
+    }
+
+    /// What a previous image of this master held (the pidfile already names
+    /// this pid: it is not rewritten).
+    ///
+    /// # Safety
+    /// `lock_fd` must be the open lockfile this process owns, taken once.
+    pub(super) unsafe fn from_parts(lock_fd: Option<i32>, pidfile: Option<PathBuf>) -> Files {
+        use std::os::fd::FromRawFd;
+        Files {
+            // SAFETY: the caller hands over the fd.
+            lock: lock_fd.map(|fd| unsafe { File::from_raw_fd(fd) }),
+            pidfile,
+        }
+    }
+
     /// Then write the pidfile, if one is configured.
     pub(super) fn with_pidfile(mut self, path: Option<&Path>) -> Result<Files, MasterError> {
         if let Some(p) = path {

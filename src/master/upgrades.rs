@@ -192,7 +192,7 @@ impl Master {
                 self.write_to(client.conn, &reply, client.encoding);
             }
             Notice::Done { client, result } => {
-                if !self.waiters.any(|w| w.conn == client.conn) && !self.follows(client.conn) {
+                if !self.streams_to(client.conn) {
                     self.control.set_busy(client.conn, false);
                 }
                 let reply = match result {

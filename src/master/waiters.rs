@@ -30,17 +30,24 @@ pub enum Notice<C> {
     },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Waiter<C> {
     client: C,
+    #[serde(with = "remaining_serde")]
     remaining: HashSet<(String, UpgradeId)>,
     failures: Vec<String>,
 }
 
-/// Every waiting request and the upgrades it waits for.
-#[derive(Debug)]
+/// Every waiting request and the upgrades it waits for (serializable, to be
+/// carried across the master's re-exec).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(bound(
+    serialize = "C: serde::Serialize",
+    deserialize = "C: serde::de::DeserializeOwned"
+))]
 pub struct Waiters<C> {
     waiters: HashMap<WaiterId, Waiter<C>>,
+    #[serde(with = "route_serde")]
     route: HashMap<(String, UpgradeId), WaiterId>,
     next: WaiterId,
 }
@@ -177,6 +184,50 @@ impl<C: Clone> Waiters<C> {
             client: w.client,
             result,
         })
+    }
+}
+
+/// Maps with tuple keys as lists of pairs (JSON keys must be strings).
+mod route_serde {
+    use std::collections::HashMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{UpgradeId, WaiterId};
+
+    type Route = HashMap<(String, UpgradeId), WaiterId>;
+
+    pub fn serialize<S: Serializer>(m: &Route, s: S) -> Result<S::Ok, S::Error> {
+        let v: Vec<(&(String, UpgradeId), &WaiterId)> = m.iter().collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Route, D::Error> {
+        let v: Vec<((String, UpgradeId), WaiterId)> = Vec::deserialize(d)?;
+        Ok(v.into_iter().collect())
+    }
+}
+
+mod remaining_serde {
+    use std::collections::HashSet;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::UpgradeId;
+
+    pub fn serialize<S: Serializer>(
+        m: &HashSet<(String, UpgradeId)>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let v: Vec<&(String, UpgradeId)> = m.iter().collect();
+        v.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<HashSet<(String, UpgradeId)>, D::Error> {
+        let v: Vec<(String, UpgradeId)> = Vec::deserialize(d)?;
+        Ok(v.into_iter().collect())
     }
 }
 

@@ -25,7 +25,14 @@ impl Master {
                 return;
             }
         };
-        match FileWatcher::new(waker) {
+        // The watcher's threads inherit this thread's signal mask: with the
+        // handled signals blocked there, every signal goes to the loop's
+        // thread, and none can be taken by a thread that a re-exec then
+        // destroys (src/master/reexec.rs).
+        super::reexec::block_handled(true);
+        let watcher = FileWatcher::new(waker);
+        super::reexec::block_handled(false);
+        match watcher {
             Ok(w) => self.watcher = Some(w),
             Err(e) => {
                 log::error!("file watching disabled: {e}");

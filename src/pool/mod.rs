@@ -28,11 +28,13 @@ use nix::sys::signal::Signal;
 use crate::config::{AckMode, PoolConfig, UpgradeStrategy, MAX_RESPAWN_DELAY};
 
 mod event;
+mod persist;
 mod recycle;
 mod types;
 mod upgrade;
 
 pub use event::{Level, PoolEvent};
+pub use persist::{At, PoolSnapshot, RestoreError};
 pub use types::*;
 use types::{Bucket, TimerKey, Upgrade};
 

@@ -1367,3 +1367,99 @@ fn a_worker_that_stops_pinging_is_replaced() -> Result<(), PoolError> {
     assert_eq!(s.pool.failures(), 0, "not a failure to start");
     Ok(())
 }
+
+// ---- snapshots for the master's re-exec -----------------------------------
+
+/// A pool restored from its snapshot (through JSON, as across an exec) is the
+/// same pool: fed the same events from then on, it makes the same decisions.
+#[test]
+fn a_restored_pool_decides_exactly_like_the_original() {
+    // Mid-canary with a draining worker, a watchdog-free manual pool with a
+    // heartbeat and an age, one worker waiting for its fork.
+    let mut p = spec(4);
+    p.heartbeat_timeout = Some(30 * S);
+    p.max_age = Some(7200 * S);
+    p.max_age_jitter = 60 * S;
+    let mut s = Sim::new(p);
+    s.ack_all();
+    let (_, a) = s
+        .pool
+        .upgrade_with(None, None, Some(2), s.now)
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.apply(a);
+    let first = s.unacked()[0];
+    s.ack(first); // one old worker is retired (draining) against it
+    assert_eq!(s.draining_pids().len(), 1);
+    // A spawn the master has not forked yet.
+    let (_, a) = s
+        .pool
+        .set_count(5, s.now)
+        .map(|a| ((), a))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let spawns: Vec<Action> = a
+        .iter()
+        .filter(|x| matches!(x, Action::Spawn { .. }))
+        .cloned()
+        .collect();
+    let json = serde_json::to_string(&s.pool.snapshot(s.now)).unwrap_or_default();
+    let snap: PoolSnapshot = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}\n{json}"));
+    let (restored, pending) = Pool::restore(snap, s.now).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(pending.len(), spawns.len(), "unforked spawns come back");
+    // The same observable state.
+    let view = |p: &Pool| {
+        p.workers_sorted()
+            .iter()
+            .map(|w| (w.id, w.pid, w.index, w.version, format!("{:?}", w.state)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(view(&restored), view(&s.pool));
+    assert_eq!(restored.next_deadline(), s.pool.next_deadline());
+    assert_eq!(restored.canary(), s.pool.canary());
+    assert_eq!(restored.count(), 5);
+    // Then the same decisions, step by step, to the end of the canary's roll.
+    let mut twin = Sim {
+        pool: restored,
+        now: s.now,
+        next_pid: s.next_pid,
+        signals: s.signals.clone(),
+        progress: Vec::new(),
+        stopped: false,
+        fail_spawns: 0,
+        acked_floor: 0,
+        max_new_unacked_seen: 0,
+        max_live_seen: 0,
+    };
+    s.apply(spawns);
+    twin.apply(pending);
+    for step in 0..200 {
+        assert_eq!(view(&twin.pool), view(&s.pool), "step {step}");
+        assert_eq!(
+            twin.pool.next_deadline(),
+            s.pool.next_deadline(),
+            "step {step}"
+        );
+        if let Some(pid) = s.unacked().first().copied() {
+            s.ack(pid);
+            twin.ack(pid);
+        } else if let Some(pid) = s.draining_pids().first().copied() {
+            s.exit(pid);
+            twin.exit(pid);
+        } else if holding(&s) {
+            let a = s.pool.promote(s.now).map(|(_, a)| a).unwrap_or_default();
+            s.apply(a);
+            let a = twin
+                .pool
+                .promote(twin.now)
+                .map(|(_, a)| a)
+                .unwrap_or_default();
+            twin.apply(a);
+        } else if !s.run_next_deadline() {
+            break;
+        } else {
+            twin.now = s.now;
+            let a = twin.pool.tick(twin.now);
+            twin.apply(a);
+        }
+    }
+    assert_eq!(view(&twin.pool), view(&s.pool));
+}

@@ -11,7 +11,7 @@ use super::{Pid, UpgradeId, WorkerId};
 use crate::config::{PoolConfig, UpgradeStrategy};
 
 /// Why the master asked a worker to stop (or killed it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StopReason {
     /// Replaced by a newer version during an upgrade.
     Retired,
@@ -105,7 +105,7 @@ pub struct Worker {
 }
 
 /// Why a worker is being replaced although it works.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RecycleReason {
     /// Older than the pool's `max_age` (plus its jitter).
     Age,

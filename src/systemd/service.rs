@@ -263,6 +263,18 @@ impl Supervisor {
     pub fn is_ready_sent(&self) -> bool {
         self.ready_sent
     }
+
+    /// Whether READY=1 was sent (carried across a re-exec).
+    pub fn ready_sent(&self) -> bool {
+        self.ready_sent
+    }
+
+    /// A re-executed master: READY=1 was sent by the previous image; the
+    /// re-exec itself is a reload (RELOADING=1 was sent before the exec).
+    pub fn resume_ready(&mut self, ready_sent: bool) {
+        self.ready_sent = ready_sent;
+        self.reloading = self.enabled;
+    }
 }
 
 /// The watchdog interval, if the watchdog is on and meant for `me`.

@@ -55,6 +55,14 @@ pub fn parse(datagram: &[u8]) -> Vec<Msg> {
         .collect()
 }
 
+/// The notify socket as data, for a re-executed master.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct NotifyParts {
+    pub fd: RawFd,
+    pub address: String,
+    pub path: Option<PathBuf>,
+}
+
 /// The master's worker-facing notify socket.
 #[derive(Debug)]
 pub struct WorkerNotify {
@@ -102,6 +110,31 @@ impl WorkerNotify {
             token: Token(usize::MAX),
             address,
             path: owned,
+        })
+    }
+
+    /// The socket as data, without giving it up.
+    pub fn parts(&self) -> NotifyParts {
+        NotifyParts {
+            fd: self.sock.as_raw_fd(),
+            address: self.address.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// The socket a previous image of this master held.
+    ///
+    /// # Safety
+    /// `parts.fd` must be an open datagram socket this process owns, taken once.
+    pub unsafe fn from_parts(parts: NotifyParts) -> io::Result<WorkerNotify> {
+        // SAFETY: the caller hands over the fd.
+        let std_sock = unsafe { std::os::unix::net::UnixDatagram::from_raw_fd(parts.fd) };
+        std_sock.set_nonblocking(true)?;
+        Ok(WorkerNotify {
+            sock: mio::net::UnixDatagram::from_std(std_sock),
+            token: Token(usize::MAX),
+            address: parts.address,
+            path: parts.path,
         })
     }
 

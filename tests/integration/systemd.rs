@@ -768,3 +768,90 @@ fn old_notify_workers_keep_their_watchdog_during_a_roll_to_manual_ack() {
         },
     );
 }
+
+/// A notify-acking worker: READY=1 at once, then WATCHDOG=1 every 50ms.
+const PINGING_NOTIFY_WORKER: &str = r#"
+import os, socket, time
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.sendto(b"READY=1\nSTATUS=serving", addr)
+while True:
+    s.sendto(b"WATCHDOG=1", addr)
+    time.sleep(0.05)
+"#;
+
+/// A re-exec under systemd: the service manager sees RELOADING=1 then
+/// READY=1 from the same MAINPID; socket-activated fds keep their numbers and
+/// keep serving; a notify-ack worker's pings reach the new image on the same
+/// notify socket (its 1s watchdog never fires); subreaper mode survives.
+#[test]
+fn a_reexec_under_systemd_keeps_mainpid_activated_fds_and_notify_workers() {
+    use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
+
+    let web = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = web.local_addr().expect("addr").port();
+    let toml = format!(
+        r#"
+[control]
+socket = "{{sock}}"
+[master]
+subreaper = true
+[pools.web]
+command = ["{{worker}}"]
+count = 2
+ack_timer = "100ms"
+binds = ["127.0.0.1:{port},r"]
+[pools.n]
+command = ["python3", "{{dir}}/worker.py"]
+count = 1
+ack = "notify"
+watchdog = "1s"
+"#
+    );
+    let b = MasterBuilder::config(&toml)
+        .files(&[("worker.py", PINGING_NOTIFY_WORKER)])
+        .wrapper(&["sh", "-c", r#"LISTEN_PID=$$ exec "$@""#, "sh"])
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "web")
+        .listen_fds(&[web.as_raw_fd()]);
+    let mut sd = FakeSystemd::bind(&b.dir().join("notify"));
+    let mut m = b.env("NOTIFY_SOCKET", "{dir}/notify").start();
+    let t = Duration::from_secs(30);
+    let ready = sd.wait_line(0, "READY=1", t);
+    m.wait_acked("web", 2);
+    let n = m.wait_acked("n", 1);
+    let out = m.ctl(&["reexec"]);
+    assert!(out.status.success(), "{out:?}");
+    let reloading = sd.wait_line(ready + 1, "RELOADING=1", t);
+    assert!(
+        sd.msgs[reloading].contains("MONOTONIC_USEC="),
+        "{:?}",
+        sd.msgs
+    );
+    sd.wait_line(reloading + 1, "READY=1", t);
+    // MAINPID: the master's pid is the one systemd started.
+    assert_eq!(m.state()["master"]["pid"], serde_json::json!(m.pid()));
+    // The activated socket is still fd 3, and still serves.
+    assert!(
+        sockets_of(m.pid()).contains(&3),
+        "{:?}",
+        sockets_of(m.pid())
+    );
+    let (code, _) = http_get_status(&format!("127.0.0.1:{port}"), "/").expect("web answers");
+    assert_eq!(code, 200);
+    // The notify worker's pings keep arriving: past two watchdog periods it
+    // is the same, acked process.
+    holds_for(
+        "the notify worker across the exec",
+        Duration::from_millis(2500),
+        || {
+            let now = m.pids("n", "acked");
+            (now == n).then_some(()).ok_or(format!("{n:?} -> {now:?}"))
+        },
+    );
+    m.signal(libc::SIGTERM);
+    assert!(m.wait_exit(t).success());
+}

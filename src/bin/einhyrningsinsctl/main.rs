@@ -36,6 +36,9 @@ EXAMPLES:
     einhyrningsinsctl --pool web upgrade --canary 1
         One new worker replaces one old one, then the pool holds with both
         versions; `promote` finishes the roll, `rollback` undoes it.
+    einhyrningsinsctl reexec --upgrade
+        Upgrade the master in place (same pid, sockets and workers; the new
+        binary is checked first), then roll every pool.
     einhyrningsinsctl --timeout 10m upgrade_fleet --pool api
         Give up (exit 4) if the fleet upgrade has not finished in 10 minutes.
     einhyrningsinsctl -- signal -USR1
@@ -114,6 +117,11 @@ struct Cli {
     /// `promote` or `rollback`); 0 forces a full upgrade
     #[arg(long, value_name = "N")]
     canary: Option<usize>,
+
+    /// With `reexec`: once the new master runs, roll every pool (einhorn's
+    /// `upgrade`)
+    #[arg(long)]
+    upgrade: bool,
 
     /// Command to send; the remaining words are its arguments
     #[arg(short = 'e', long = "execute", value_name = "CMD")]
@@ -225,7 +233,14 @@ fn main() -> ExitCode {
             eprintln!("einhyrningsinsctl: --canary goes with `upgrade` only");
             ExitCode::from(2)
         }
+        Some(cmd) if cli.upgrade && cmd != "reexec" => {
+            eprintln!("einhyrningsinsctl: --upgrade goes with `reexec` only");
+            ExitCode::from(2)
+        }
         Some(cmd) => {
+            if cli.upgrade {
+                words.insert(0, "--upgrade".to_string());
+            }
             if let Some(n) = canary {
                 words.splice(0..0, ["--canary".to_string(), n.to_string()]);
             }

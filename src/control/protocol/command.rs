@@ -178,6 +178,14 @@ pub const COMMANDS: &[CommandSpec] = &[
         "re-read the config file and apply the difference",
     )),
     streaming(spec(
+        "reexec",
+        "[--upgrade]",
+        Scope::Global,
+        "upgrade the master itself: check the new binary, then exec it in place keeping \
+         the pid, sockets, workers and state (einhorn's `reload`); it re-reads the config \
+         file. --upgrade: then roll every pool (einhorn's `upgrade`)",
+    )),
+    streaming(spec(
         "events",
         "[-f]",
         Scope::Global,
@@ -243,6 +251,10 @@ pub enum Command {
     /// Graceful shutdown; `Some`: workers get this signal instead of their own.
     Die(Option<Signal>),
     Reload,
+    /// Re-exec the master in place; `upgrade`: then roll every pool.
+    Reexec {
+        upgrade: bool,
+    },
     /// The recent events, or (`follow`) a stream of them from now on.
     Events {
         follow: bool,
@@ -376,6 +388,11 @@ impl Command {
                 _ => return Err(usage()),
             },
             "reload" => Command::Reload,
+            "reexec" => match args {
+                [] => Command::Reexec { upgrade: false },
+                [f] if f == "--upgrade" => Command::Reexec { upgrade: true },
+                _ => return Err(usage()),
+            },
             "events" => match args {
                 [] => Command::Events { follow: false },
                 [f] if matches!(f.as_str(), "-f" | "--follow" | "follow") => {
@@ -428,6 +445,7 @@ impl Command {
             Command::Signal(_) => "signal",
             Command::Die(_) => "die",
             Command::Reload => "reload",
+            Command::Reexec { .. } => "reexec",
             Command::Events { .. } => "events",
             Command::Version => "version",
             Command::Louder => "louder",
@@ -529,6 +547,24 @@ mod tests {
                 || doc.contains(&format!(" / `{}` |", spec.name));
             assert!(listed, "docs/protocol.md does not list `{}`", spec.name);
         }
+    }
+
+    #[test]
+    fn reexec_takes_only_upgrade() -> Result<(), CommandError> {
+        assert_eq!(
+            parse("reexec", &[])?.command,
+            Command::Reexec { upgrade: false }
+        );
+        assert_eq!(
+            parse("reexec", &["--upgrade"])?.command,
+            Command::Reexec { upgrade: true }
+        );
+        assert!(matches!(
+            parse("reexec", &["now"]),
+            Err(CommandError::Usage { .. })
+        ));
+        assert!(lookup("reexec").is_some_and(|c| c.streams && c.scope == Scope::Global));
+        Ok(())
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub use command::{Command, CommandError, CommandSpec, Parsed, Scope, UpgradeKind
 pub const MAX_LINE: usize = 64 * 1024;
 
 /// The two encodings of the protocol; a reply uses its request's encoding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Encoding {
     /// One JSON object per line.
     Json,

@@ -339,6 +339,20 @@ impl Running {
     pub fn processes(&self) -> Vec<i32> {
         self._tag.processes()
     }
+
+    /// Wait for it to exit (polling, with a deadline); its status.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        poll_until(timeout, || self.child.try_wait().ok().flatten())
+    }
+
+    /// Everything it wrote to its piped stdout (read to the end).
+    pub fn stdout_text(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        }
+        s
+    }
 }
 
 impl Drop for Running {
