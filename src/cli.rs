@@ -169,8 +169,9 @@ struct Args {
     number: Option<usize>,
 
     /// Socket to bind and pass to workers; repeatable. OPT: r (SO_REUSEADDR),
-    /// n (O_NONBLOCK), reuseport, backlog=N, mode=OCTAL (unix sockets).
-    /// Also [IPV6]:PORT and unix:/PATH.
+    /// b (blocking; listeners are O_NONBLOCK otherwise, as einhorn's; n is
+    /// accepted), nodelay (TCP_NODELAY), reuseport, backlog=N, mode=OCTAL
+    /// (unix sockets), name=NAME. Also [IPV6]:PORT and unix:/PATH.
     #[arg(short = 'b', long = "bind", value_name = "ADDR:PORT[,OPT...]", value_parser = bind_arg)]
     bind: Vec<BindSpec>,
 
