@@ -24,6 +24,7 @@
 mod bind;
 mod diff;
 mod error;
+pub(crate) mod placeholders;
 pub(crate) mod schema;
 mod summary;
 mod validate;
