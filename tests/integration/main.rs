@@ -23,6 +23,7 @@ mod pools_and_cli;
 mod reload;
 mod respawn;
 mod rollouts;
+mod servers;
 mod shutdown;
 mod startup;
 mod syslog;
