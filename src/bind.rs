@@ -13,12 +13,20 @@
 //!   `SOCK_CLOEXEC`). Only the spawn code clears the flag, in the child between fork
 //!   and exec, so a listener never leaks into an unrelated child (a hook script, a
 //!   second pool that was not given it).
-//! - `O_NONBLOCK` (the `n` / `o_nonblock` option) is set here, once, and it lives on
-//!   the open file description that the master and *every* worker share: it is not
-//!   per-process. Without the option the socket stays blocking, as in einhorn, and
-//!   every worker sees a blocking listener; with it, every worker sees a non-blocking
-//!   one. A worker that flips the flag itself flips it for all of its siblings. The
-//!   master never accepts on these sockets.
+//! - Listeners are non-blocking unless the spec says `b` / `blocking`. `O_NONBLOCK`
+//!   is set here, once, and it lives on the open file description that the master
+//!   and *every* worker share: it is not per-process. Non-blocking is the default
+//!   because it is what einhorn really hands out (Ruby 3 creates every socket
+//!   non-blocking, so einhorn's listeners carry O_NONBLOCK with or without its `n`)
+//!   and what servers that poll, then accept, need: with a blocking listener a
+//!   draining nginx or Python socketserver that lost the race for a connection to a
+//!   sibling sits in accept() until SIGKILL (docs/workers.md). `n` / `o_nonblock` is
+//!   still accepted and changes nothing; `b` is for workers that call accept() in a
+//!   loop and expect it to block. A worker that flips the flag itself (Go and Node
+//!   do, to non-blocking) flips it for all of its siblings. The master never
+//!   accepts on these sockets.
+//! - `nodelay` sets TCP_NODELAY on the listener: Linux copies it to every accepted
+//!   socket, for servers that never set it on their connections.
 //! - A unix socket file is created by us and removed by us: a stale file left by a
 //!   killed master is replaced, a live one is refused, and anything that is not a
 //!   socket is never removed. On drop the file is unlinked only if it is still the
@@ -145,6 +153,9 @@ impl BoundSocket {
         }
         sock.set_nonblocking(spec.nonblock)
             .map_err(io("set O_NONBLOCK"))?;
+        if spec.nodelay {
+            sock.set_tcp_nodelay(true).map_err(io("set TCP_NODELAY"))?;
+        }
         let local = sock.local_addr().map_err(io("getsockname"))?;
         let local_addr = match (local.as_socket(), local.as_pathname()) {
             (Some(a), _) => a.to_string(),
@@ -236,8 +247,8 @@ impl Drop for BoundSocket {
     }
 }
 
-/// Bind and listen on one spec. The result is close-on-exec; non-blocking only with
-/// the spec's `n` option. `default_backlog` applies when the spec has no `backlog=`.
+/// Bind and listen on one spec. The result is close-on-exec; non-blocking unless
+/// the spec says `b`. `default_backlog` applies when the spec has no `backlog=`.
 pub fn bind(spec: &BindSpec, default_backlog: i32) -> Result<BoundSocket, BindError> {
     let backlog = spec.backlog.unwrap_or(default_backlog);
     match &spec.addr {
@@ -324,8 +335,10 @@ fn bind_inet_one(
     sock.bind(&sa.into())
         .map_err(|e| classify_bind_error(e, &addr, Some(sa.port())))?;
     sock.listen(backlog).map_err(io("listen"))?;
-    if spec.nonblock {
-        sock.set_nonblocking(true).map_err(io("set O_NONBLOCK"))?;
+    sock.set_nonblocking(spec.nonblock)
+        .map_err(io("set O_NONBLOCK"))?;
+    if spec.nodelay {
+        sock.set_tcp_nodelay(true).map_err(io("set TCP_NODELAY"))?;
     }
     let local_addr = match sock.local_addr().map(|a| a.as_socket()) {
         Ok(Some(a)) => a.to_string(),
@@ -465,9 +478,8 @@ fn bind_unix(spec: &BindSpec, path: &Path, backlog: i32) -> Result<BoundSocket, 
     }
     let sock = socket2::SockRef::from(&bound);
     sock.listen(backlog).map_err(io("listen"))?;
-    if spec.nonblock {
-        sock.set_nonblocking(true).map_err(io("set O_NONBLOCK"))?;
-    }
+    sock.set_nonblocking(spec.nonblock)
+        .map_err(io("set O_NONBLOCK"))?;
     Ok(bound)
 }
 
@@ -644,27 +656,44 @@ mod socket_tests {
     }
 
     #[test]
-    fn nonblock_only_when_asked_and_cloexec_always() -> TestResult {
+    fn nonblock_unless_asked_and_cloexec_always() -> TestResult {
         let dir = TempDir::new("nb");
         let (_, unix_plain) = unix_spec(&dir, "p.sock", "")?;
-        let (_, unix_nb) = unix_spec(&dir, "n.sock", ",n")?;
+        let (_, unix_b) = unix_spec(&dir, "b.sock", ",b")?;
         for (s, want_nb) in [
-            (spec("127.0.0.1:0")?, false),
+            (spec("127.0.0.1:0")?, true),
+            (spec("127.0.0.1:0,r")?, true),
             (spec("127.0.0.1:0,n")?, true),
             (spec("127.0.0.1:0,o_nonblock,r")?, true),
-            (unix_plain, false),
-            (unix_nb, true),
+            (spec("127.0.0.1:0,b")?, false),
+            (spec("127.0.0.1:0,r,blocking")?, false),
+            (unix_plain, true),
+            (unix_b, false),
         ] {
             let b = bind(&s, DEFAULT_BACKLOG)?;
             assert_eq!(nonblocking(&b)?, want_nb, "O_NONBLOCK for {}", s.raw);
             assert!(cloexec(&b)?, "FD_CLOEXEC for {}", s.raw);
         }
         // The flag is what a worker sees: accept on the non-blocking one returns at once.
-        let b = bind(&spec("127.0.0.1:0,n")?, DEFAULT_BACKLOG)?;
+        let b = bind(&spec("127.0.0.1:0")?, DEFAULT_BACKLOG)?;
         let l = TcpListener::from(b.as_fd().try_clone_to_owned()?);
         match l.accept() {
             Err(e) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock),
             Ok(c) => panic!("unexpected connection {c:?}"),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn nodelay_on_the_listener_reaches_accepted_sockets() -> TestResult {
+        for (opts, want) in [("", false), (",nodelay", true)] {
+            let b = bind(&spec(&format!("127.0.0.1:0{opts}"))?, DEFAULT_BACKLOG)?;
+            assert_eq!(socket2::SockRef::from(&b).tcp_nodelay()?, want, "{opts}");
+            let _client = TcpStream::connect(b.local_addr())?;
+            let listener = TcpListener::from(b.as_fd().try_clone_to_owned()?);
+            listener.set_nonblocking(false)?;
+            let (conn, _) = listener.accept()?;
+            assert_eq!(conn.nodelay()?, want, "accepted socket, {opts}");
         }
         Ok(())
     }

@@ -110,6 +110,10 @@ CHILD API
     replaced. A worker is stopped gracefully with SIGUSR2 (--stop-signal) and
     killed with SIGKILL if still alive after the signal timeout (-t).
     Variables named by --drop-env-var are removed; all others pass through.
+    Listening sockets are non-blocking (O_NONBLOCK, shared by all workers) unless
+    the bind says b. In PROGRAM's arguments, {fd:N} (or {fd:NAME}, for a bind
+    with name=NAME) is replaced by the fd number of socket N; {{fd: is a literal
+    {fd:. Recipes for gunicorn, uvicorn, nginx, ...: docs/workers.md.
 
 SIGNALS (sent to the master)
     HUP          smooth rolling upgrade of every pool (and re-read --config FILE)
@@ -169,8 +173,9 @@ struct Args {
     number: Option<usize>,
 
     /// Socket to bind and pass to workers; repeatable. OPT: r (SO_REUSEADDR),
-    /// n (O_NONBLOCK), reuseport, backlog=N, mode=OCTAL (unix sockets).
-    /// Also [IPV6]:PORT and unix:/PATH.
+    /// b (blocking; listeners are O_NONBLOCK otherwise, as einhorn's; n is
+    /// accepted), nodelay (TCP_NODELAY), reuseport, backlog=N, mode=OCTAL
+    /// (unix sockets), name=NAME. Also [IPV6]:PORT and unix:/PATH.
     #[arg(short = 'b', long = "bind", value_name = "ADDR:PORT[,OPT...]", value_parser = bind_arg)]
     bind: Vec<BindSpec>,
 

@@ -48,6 +48,8 @@ pub struct SpawnContext<'a> {
 pub enum SpawnError {
     #[error("empty command")]
     EmptyCommand { pool: String },
+    #[error("command: {message}")]
+    Placeholder { pool: String, message: String },
     #[error("could not make fd {fd} inheritable: {source}")]
     Inherit {
         pool: String,
@@ -73,7 +75,7 @@ impl SpawnError {
             )
         };
         match self {
-            SpawnError::EmptyCommand { .. } => false,
+            SpawnError::EmptyCommand { .. } | SpawnError::Placeholder { .. } => false,
             SpawnError::Inherit { .. } => true,
             SpawnError::Exec { source, .. } => scarce(source),
         }
@@ -95,7 +97,7 @@ const CHILD_API_VARS: &[&str] = &[
 /// with [`spawn`]: without a hook ([`needs_hook`]) the sockets are made
 /// inheritable there, not here.
 pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, SpawnError> {
-    let Some((program, args)) = spec.command.split_first() else {
+    let Some(program) = spec.command.first() else {
         return Err(SpawnError::EmptyCommand {
             pool: spec.name.clone(),
         });
@@ -117,6 +119,14 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
     } else {
         Command::new(program)
     };
+    // `{fd:N}` in the arguments: the fd numbers this worker gets, as planned.
+    let args = crate::config::placeholders::resolve(&spec.command, &spec.binds, |i| {
+        socket_fds.get(i).map(|fd| fd.to_string())
+    })
+    .map_err(|e| SpawnError::Placeholder {
+        pool: spec.name.clone(),
+        message: e.to_string(),
+    })?;
     cmd.args(args);
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
@@ -359,6 +369,53 @@ mod tests {
         }
         let listing = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
         Ok(listing)
+    }
+
+    #[test]
+    fn fd_placeholders_become_the_fd_numbers_the_worker_gets() -> Result<(), String> {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let fd = l.as_raw_fd();
+        let dir = crate::testutil::TempDir::new("wph");
+        let out = dir.join("argv");
+        let mut spec = PoolConfig::new(
+            "t",
+            vec![
+                "sh".into(),
+                "-c".into(),
+                format!("echo \"$1 $2\" > {}", out.display()),
+                "sh".into(),
+                "fd://{fd:web}".into(),
+                "{{fd:0}".into(),
+            ],
+        );
+        spec.binds =
+            vec![crate::config::BindSpec::parse("127.0.0.1:0,name=web")
+                .map_err(|e| e.to_string())?];
+        let ctx = SpawnContext {
+            sockets: &[fd],
+            control_path: Path::new("/nonexistent.sock"),
+            master_pid: std::process::id() as Pid,
+            index: 0,
+            control_fd: None,
+            notify_socket: None,
+        };
+        let pid = spawn(&spec, &ctx).map_err(|e| e.to_string())?;
+        match waitpid(NixPid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, 0)) => {}
+            other => return Err(format!("child ended with {other:?}")),
+        }
+        let got = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
+        assert_eq!(got.trim(), format!("fd://{fd} {{fd:0}}"));
+        // A socket the spawn does not have is an error, not a made-up number.
+        let ctx = SpawnContext {
+            sockets: &[],
+            ..ctx
+        };
+        assert!(matches!(
+            command(&spec, &ctx),
+            Err(SpawnError::Placeholder { .. })
+        ));
+        Ok(())
     }
 
     #[test]

@@ -29,7 +29,14 @@ pub struct BindSpec {
     pub addr: BindAddr,
     pub reuseaddr: bool,
     pub reuseport: bool,
+    /// O_NONBLOCK on the listener, shared by every worker (the default, as
+    /// einhorn on Ruby 3 hands out); `b`/`blocking` turns it off.
     pub nonblock: bool,
+    /// `nodelay`: TCP_NODELAY on the listener, which Linux copies to every
+    /// accepted connection (for servers that never set it themselves).
+    /// (Optional in a re-exec state: format 1 predates it.)
+    #[serde(default)]
+    pub nodelay: bool,
     pub family: Family,
     pub backlog: Option<i32>,
     /// File mode for unix sockets.
@@ -48,8 +55,12 @@ pub enum BindSpecError {
     BadPort { spec: String, port: String },
     #[error("bind {spec:?}: empty host")]
     EmptyHost { spec: String },
-    #[error("bind {spec:?}: unknown option {option:?} (known: r/so_reuseaddr, n/o_nonblock, reuseport/so_reuseport, backlog=N, mode=OCTAL, name=NAME)")]
+    #[error("bind {spec:?}: unknown option {option:?} (known: r/so_reuseaddr, n/o_nonblock, b/blocking, nodelay/tcp_nodelay, reuseport/so_reuseport, backlog=N, mode=OCTAL, name=NAME)")]
     UnknownOption { spec: String, option: String },
+    #[error("bind {spec:?}: both `n` (non-blocking) and `b` (blocking) given")]
+    BlockingConflict { spec: String },
+    #[error("bind {spec:?}: `nodelay` is a TCP option; this is a unix socket")]
+    NodelayOnUnix { spec: String },
     #[error("bind {spec:?}: bad value in {option:?}")]
     BadValue { spec: String, option: String },
 }
@@ -71,12 +82,14 @@ impl BindSpec {
             addr,
             reuseaddr: false,
             reuseport: false,
-            nonblock: false,
+            nonblock: true,
+            nodelay: false,
             family: Family::Any,
             backlog: None,
             mode: None,
             name: None,
         };
+        let (mut said_n, mut said_b) = (false, false);
         for opt in parts {
             let opt = opt.trim();
             let bad = || BindSpecError::BadValue {
@@ -92,7 +105,9 @@ impl BindSpec {
             match (key.as_str(), value) {
                 ("", None) => {}
                 ("r" | "so_reuseaddr", None) => out.reuseaddr = true,
-                ("n" | "o_nonblock", None) => out.nonblock = true,
+                ("n" | "o_nonblock", None) => said_n = true,
+                ("b" | "blocking", None) => said_b = true,
+                ("nodelay" | "tcp_nodelay", None) => out.nodelay = true,
                 ("reuseport" | "so_reuseport", None) => out.reuseport = true,
                 ("backlog", Some(v)) => {
                     out.backlog = Some(v.trim().parse().ok().filter(|b| *b > 0).ok_or_else(bad)?)
@@ -116,7 +131,32 @@ impl BindSpec {
                 }
             }
         }
+        if said_n && said_b {
+            return Err(BindSpecError::BlockingConflict {
+                spec: spec_s.to_string(),
+            });
+        }
+        out.nonblock = !said_b;
+        if out.nodelay && matches!(out.addr, BindAddr::Unix(_)) {
+            return Err(BindSpecError::NodelayOnUnix {
+                spec: spec_s.to_string(),
+            });
+        }
         Ok(out)
+    }
+
+    /// What a worker gets, for `check` and the docs: `non-blocking`,
+    /// `blocking`, plus `TCP_NODELAY`.
+    pub fn mode_text(&self) -> String {
+        let mut s = String::from(if self.nonblock {
+            "non-blocking"
+        } else {
+            "blocking"
+        });
+        if self.nodelay {
+            s.push_str(", TCP_NODELAY");
+        }
+        s
     }
 
     /// The address part as written, for messages and for comparing binds.
@@ -210,6 +250,39 @@ mod spec_tests {
     }
 
     #[test]
+    fn listeners_are_non_blocking_unless_asked_and_nodelay_is_tcp_only() -> Result<(), BindSpecError>
+    {
+        // Without an option, as with einhorn's `n`: non-blocking.
+        for (spec, nonblock, nodelay) in [
+            ("127.0.0.1:1", true, false),
+            ("127.0.0.1:1,r", true, false),
+            ("127.0.0.1:1,r,n", true, false),
+            ("127.0.0.1:1,b", false, false),
+            ("127.0.0.1:1,r,BLOCKING", false, false),
+            ("127.0.0.1:1,nodelay", true, true),
+            ("[::1]:1,tcp_nodelay,b", false, true),
+            ("unix:/tmp/x.sock,b", false, false),
+        ] {
+            let s = BindSpec::parse(spec)?;
+            assert_eq!((s.nonblock, s.nodelay), (nonblock, nodelay), "{spec}");
+        }
+        assert_eq!(BindSpec::parse("h:1")?.mode_text(), "non-blocking");
+        assert_eq!(
+            BindSpec::parse("h:1,b,nodelay")?.mode_text(),
+            "blocking, TCP_NODELAY"
+        );
+        assert!(matches!(
+            BindSpec::parse("h:1,n,b"),
+            Err(BindSpecError::BlockingConflict { .. })
+        ));
+        assert!(matches!(
+            BindSpec::parse("unix:/tmp/x.sock,nodelay"),
+            Err(BindSpecError::NodelayOnUnix { .. })
+        ));
+        Ok(())
+    }
+
+    #[test]
     fn rejects_bad_specs_naming_them() {
         for bad in [
             "8080",
@@ -219,6 +292,8 @@ mod spec_tests {
             "1.2.3.4:70000",
             "h:1,x",
             "h:1,backlog=0",
+            "h:1,n,b",
+            "unix:/s,nodelay",
             "unix:",
         ] {
             let e = match BindSpec::parse(bad) {

@@ -15,6 +15,11 @@
 //! ([`Locations`]), so that the master can later say "bind failed, app.toml:7" for
 //! a problem only the OS can detect.
 //!
+//! The model types derive serde only for the master's re-exec state
+//! (src/master/reexec.rs), never to read a file. A field added to them must be
+//! `#[serde(default)]`: a state written by the previous release lacks it, and
+//! the fixture test `the_format_1_fixture_stays_readable` fails otherwise.
+//!
 //! Relative paths (`cwd`, `watch`, the control socket, pidfile, unix binds,
 //! `command[0]` with a slash) are kept exactly as written: like einhorn, they are
 //! relative to the master's working directory, not to the config file.
@@ -24,6 +29,7 @@
 mod bind;
 mod diff;
 mod error;
+pub(crate) mod placeholders;
 pub(crate) mod schema;
 mod summary;
 mod validate;

@@ -34,23 +34,21 @@ impl Config {
         }
         for (name, p) in &self.pools {
             let _ = writeln!(s, "\npool {name}:");
-            let argv: Vec<String> = p
-                .command
-                .iter()
-                .map(|a| {
-                    if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c == '"') {
-                        format!("{a:?}")
-                    } else {
-                        a.clone()
-                    }
-                })
-                .collect();
-            let _ = writeln!(s, "  command:  {}", argv.join(" "));
+            let _ = writeln!(s, "  command:  {}", shell_words(&p.command));
+            // What the worker really runs, once {fd:N} is its fd number
+            // (known now for the systemd protocol, at spawn for einhorn's).
+            if let Some(argv) = placeholders::shown_argv(p, None) {
+                let _ = writeln!(s, "  argv:     {}", shell_words(&argv));
+            }
             let _ = writeln!(s, "  count:    {}", p.count);
             if p.binds.is_empty() {
                 let _ = writeln!(s, "  binds:    none");
             } else {
-                let b: Vec<&str> = p.binds.iter().map(|b| b.raw.as_str()).collect();
+                let b: Vec<String> = p
+                    .binds
+                    .iter()
+                    .map(|b| format!("{} ({})", b.raw, b.mode_text()))
+                    .collect();
                 let _ = writeln!(s, "  binds:    {}", b.join("  "));
             }
             let ack = match p.ack {
@@ -86,4 +84,19 @@ impl Config {
         }
         s
     }
+}
+
+/// An argv as one line, quoting the words a shell would split or mangle.
+fn shell_words(argv: &[String]) -> String {
+    let words: Vec<String> = argv
+        .iter()
+        .map(|a| {
+            if a.is_empty() || a.chars().any(|c| c.is_whitespace() || c == '"') {
+                format!("{a:?}")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    words.join(" ")
 }

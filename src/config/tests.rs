@@ -758,3 +758,42 @@ fn sizes_parse_in_powers_of_1024() {
     let errs = errors_of("[pools.web]\ncommand = [\"./w\"]\ncount = 2\ncanary = 2\n");
     assert!(errs.iter().any(|e| e.key == "pools.web.canary"), "{errs:?}");
 }
+
+#[test]
+fn fd_placeholders_are_checked_with_key_and_line_and_shown_resolved() -> Result<(), ConfigErrors> {
+    let e = errors_of(
+        "[pools.web]\nbinds = [\"127.0.0.1:0,name=http\"]\ncommand = [\n  \"gunicorn\",\n  \"--bind\",\n  \"fd://{fd:1}\",\n  \"{fd:api}\",\n]\n",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert_eq!(
+        (e[0].key.as_str(), e[0].line),
+        ("pools.web.command[2]", Some(6))
+    );
+    assert!(e[0].to_string().contains("app.toml:6"), "{}", e[0]);
+    assert!(e[0].message.contains("{fd:1}"), "{}", e[0]);
+    assert_eq!(
+        (e[1].key.as_str(), e[1].line),
+        ("pools.web.command[3]", Some(7))
+    );
+    assert!(e[1].message.contains("known: name=http"), "{}", e[1]);
+
+    let c = Config::from_toml_str(
+        "[pools.web]\nbinds = [\"127.0.0.1:0,name=http\", \"127.0.0.1:0,b\"]\n\
+         command = [\"gunicorn\", \"--bind\", \"fd://{fd:http}\", \"{{fd:lit}\"]\n\
+         [pools.sd]\nbinds = [\"127.0.0.1:0\", \"127.0.0.1:0,nodelay\"]\nsocket_protocol = [\"systemd\"]\n\
+         command = [\"uvicorn\", \"--fd\", \"{fd:1}\"]\n",
+        None,
+    )?;
+    let s = c.summary();
+    for needle in [
+        "command:  gunicorn --bind fd://{fd:http} {{fd:lit}",
+        "argv:     gunicorn --bind fd://<EINHORN_FD_0> {fd:lit}",
+        "127.0.0.1:0,name=http (non-blocking)",
+        "127.0.0.1:0,b (blocking)",
+        "argv:     uvicorn --fd 4",
+        "127.0.0.1:0,nodelay (non-blocking, TCP_NODELAY)",
+    ] {
+        assert!(s.contains(needle), "{needle:?} not in\n{s}");
+    }
+    Ok(())
+}

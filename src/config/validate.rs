@@ -92,6 +92,9 @@ impl Config {
                     err(format!("{p}.command[{i}]"), "contains a NUL byte".into());
                 }
             }
+            for (i, e) in placeholders::check(&pool.command, &pool.binds) {
+                err(format!("{p}.command[{i}]"), e.to_string());
+            }
             if pool.count > MAX_WORKERS {
                 err(
                     format!("{p}.count"),

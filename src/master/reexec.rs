@@ -193,12 +193,16 @@ impl MasterState {
     pub(crate) fn read(mut f: impl Read) -> Result<MasterState, StateError> {
         let mut text = String::new();
         f.read_to_string(&mut text)?;
-        let state: MasterState = serde_json::from_str(&text)?;
-        if state.format == 0 || state.format > STATE_FORMAT {
+        // The format first: a newer document is refused as such, not as
+        // whatever field this release does not know.
+        let doc: serde_json::Value = serde_json::from_str(&text)?;
+        let found = doc["format"].as_u64().unwrap_or(0);
+        if found == 0 || found > u64::from(STATE_FORMAT) {
             return Err(StateError::Format {
-                found: state.format,
+                found: u32::try_from(found).unwrap_or(u32::MAX),
             });
         }
+        let state: MasterState = serde_json::from_value(doc)?;
         // Every pool must restore (against a throwaway clock).
         let now = Instant::now();
         for e in &state.pools {

@@ -70,6 +70,9 @@ impl Master {
                 binds.join(", ")
             );
             let _ = writeln!(s, "  state: {}", pool_state(p, now));
+            if let Some(argv) = shown_argv(p.spec(), &e.sockets) {
+                let _ = writeln!(s, "  argv: {}", argv.join(" "));
+            }
             if let Some(c) = p.canary() {
                 let _ = writeln!(
                     s,
@@ -223,6 +226,7 @@ impl Master {
                     "draining": p.draining(),
                     "state": pool_state(p, now),
                     "command": p.spec().command,
+                    "argv": shown_argv(p.spec(), &e.sockets).unwrap_or_else(|| p.spec().command.clone()),
                     "binds": e.sockets.iter().map(|s| s.local_addr()).collect::<Vec<_>>(),
                     "consecutive_failures": p.failures(),
                     "gave_up": p.gave_up(),
@@ -340,6 +344,16 @@ fn pool_state(p: &Pool, now: Instant) -> String {
         _ if p.acked() >= p.count() => "running".into(),
         _ => "starting".into(),
     }
+}
+
+/// The argv with `{fd:N}` resolved to what this pool's workers get.
+fn shown_argv(
+    spec: &crate::config::PoolConfig,
+    sockets: &[crate::bind::BoundSocket],
+) -> Option<Vec<String>> {
+    use std::os::fd::AsRawFd;
+    let fds: Vec<i32> = sockets.iter().map(AsRawFd::as_raw_fd).collect();
+    crate::config::placeholders::shown_argv(spec, Some(&fds))
 }
 
 pub(super) fn ago(d: Duration) -> String {

@@ -24,6 +24,7 @@ mod reexec;
 mod reload;
 mod respawn;
 mod rollouts;
+mod servers;
 mod shutdown;
 mod startup;
 mod syslog;
