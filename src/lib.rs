@@ -20,6 +20,7 @@ mod bind;
 mod cli;
 mod config;
 mod control;
+mod identity;
 mod log;
 mod master;
 mod pool;
@@ -103,6 +104,14 @@ fn resume(fd: Result<std::os::fd::RawFd, String>) -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::Config::load(path) {
         Ok(c) => {
+            // Users, groups and limits: what this master could grant if it
+            // ran now, as this user.
+            if let Err(problems) = identity::resolve_config(&c) {
+                for p in problems {
+                    eprintln!("{p}");
+                }
+                return ExitCode::from(2);
+            }
             print!("{}", c.summary());
             println!("{}: OK", path.display());
             ExitCode::SUCCESS

@@ -40,6 +40,8 @@ pub struct SpawnContext<'a> {
     pub control_fd: Option<RawFd>,
     /// `ack = "notify"`: the master's worker NOTIFY_SOCKET (`crate::systemd::worker_notify`).
     pub notify_socket: Option<&'a str>,
+    /// The pool's identity and limits, resolved (src/identity.rs).
+    pub identity: Option<&'a crate::identity::Resolved>,
 }
 
 /// Why a worker could not be started. The messages do not name the pool: the
@@ -171,6 +173,10 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
     }
     cmd.env("EINHORN_MASTER_PID", ctx.master_pid.to_string());
     cmd.env("EINHORN_CHILD_INDEX", ctx.index.to_string());
+    // HOME, USER, LOGNAME of the pool's user (the pool's `env` may override).
+    if let Some(id) = ctx.identity {
+        cmd.envs(id.env.iter().map(|(k, v)| (k, v)));
+    }
     cmd.envs(&spec.env);
     if let Some(dir) = &spec.cwd {
         cmd.current_dir(dir);
@@ -184,11 +190,12 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
     let pdeathsig = spec
         .kill_children_on_exit
         .then_some(spec.stop_signal as libc::c_int);
-    if !needs_hook(spec) {
+    if !needs_hook(spec, ctx) {
         // No hook: std uses posix_spawn; `spawn` does the fd work in the master.
         return Ok(cmd);
     }
     let master_pid = ctx.master_pid;
+    let identity = ctx.identity.filter(|i| !i.is_empty()).map(Prepared::new);
     // Fallback bound for kernels without close_range(2): computed before fork.
     let max_fd = max_fd();
     // SAFETY: the closure only makes async-signal-safe libc calls on values
@@ -207,6 +214,13 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
                     return Err(io::Error::last_os_error());
                 }
             }
+            // Limits, niceness and OOM score while still privileged, then the
+            // identity itself (setuid last: after it, nothing more may be
+            // raised). The parent-death signal is set after setuid, which
+            // clears it.
+            if let Some(id) = &identity {
+                id.apply()?;
+            }
             if let Some(sig) = pdeathsig {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) == -1 {
                     return Err(io::Error::last_os_error());
@@ -223,9 +237,97 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
 }
 
 /// A `pre_exec` hook (and so a full fork) is needed only for what posix_spawn
-/// cannot do: PR_SET_PDEATHSIG (`-k`) and the systemd fd moves.
-fn needs_hook(spec: &PoolConfig) -> bool {
-    spec.kill_children_on_exit || spec.socket_protocol.systemd
+/// cannot do: PR_SET_PDEATHSIG (`-k`), the systemd fd moves, and a pool's
+/// identity and limits.
+fn needs_hook(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> bool {
+    spec.kill_children_on_exit
+        || spec.socket_protocol.systemd
+        || ctx.identity.is_some_and(|i| !i.is_empty())
+}
+
+/// A resolved identity as plain values, built before the fork, applied in the
+/// child with async-signal-safe calls only (no allocation, no lock).
+struct Prepared {
+    uid: Option<libc::uid_t>,
+    gid: Option<libc::gid_t>,
+    groups: Vec<libc::gid_t>,
+    umask: Option<libc::mode_t>,
+    nice: Option<libc::c_int>,
+    rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
+    /// /proc/self/oom_score_adj and the text to write there.
+    oom: Option<(std::ffi::CString, Vec<u8>)>,
+}
+
+impl Prepared {
+    fn new(r: &crate::identity::Resolved) -> Prepared {
+        Prepared {
+            uid: r.uid,
+            gid: r.gid,
+            groups: r.groups.clone(),
+            umask: r.umask,
+            nice: r.nice,
+            rlimits: r
+                .rlimits
+                .iter()
+                .map(|(res, soft, hard)| {
+                    (
+                        crate::identity::libc_resource(*res),
+                        libc::rlimit {
+                            rlim_cur: *soft,
+                            rlim_max: *hard,
+                        },
+                    )
+                })
+                .collect(),
+            oom: r.oom_score_adj.map(|o| {
+                (
+                    c"/proc/self/oom_score_adj".to_owned(),
+                    o.to_string().into_bytes(),
+                )
+            }),
+        }
+    }
+
+    /// In the child, between fork and exec.
+    fn apply(&self) -> io::Result<()> {
+        let check = |r: libc::c_int| {
+            if r == -1 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        };
+        // SAFETY: async-signal-safe libc calls on data owned by `self`.
+        unsafe {
+            for (res, lim) in &self.rlimits {
+                check(libc::setrlimit(*res, lim))?;
+            }
+            if let Some((path, text)) = &self.oom {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                check(fd)?;
+                let n = libc::write(fd, text.as_ptr().cast(), text.len());
+                let e = io::Error::last_os_error();
+                libc::close(fd);
+                if n < 0 {
+                    return Err(e);
+                }
+            }
+            if let Some(n) = self.nice {
+                check(libc::setpriority(libc::PRIO_PROCESS, 0, n))?;
+            }
+            if let Some(m) = self.umask {
+                libc::umask(m);
+            }
+            if let Some(g) = self.gid {
+                check(libc::setgroups(self.groups.len(), self.groups.as_ptr()))?;
+                check(libc::setgid(g))?;
+            }
+            if let Some(u) = self.uid {
+                check(libc::setuid(u))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Mark every fd above stderr close-on-exec (async-signal-safe).
@@ -265,7 +367,7 @@ pub fn spawn(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Pid, SpawnErro
     // Without a pre_exec hook the child cannot touch its fds: the master marks
     // every fd close-on-exec (the master's own are already; this catches what it
     // inherited itself, as the hook does) and opens up the worker's for the call.
-    let _inheritable = if needs_hook(spec) {
+    let _inheritable = if needs_hook(spec, ctx) {
         None
     } else {
         cloexec_above_stderr(max_fd());
@@ -361,6 +463,7 @@ mod tests {
             index: 0,
             control_fd: None,
             notify_socket: None,
+            identity: None,
         };
         let pid = spawn(&spec, &ctx).map_err(|e| e.to_string())?;
         match waitpid(NixPid::from_raw(pid), None) {
@@ -398,6 +501,7 @@ mod tests {
             index: 0,
             control_fd: None,
             notify_socket: None,
+            identity: None,
         };
         let pid = spawn(&spec, &ctx).map_err(|e| e.to_string())?;
         match waitpid(NixPid::from_raw(pid), None) {

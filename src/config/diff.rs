@@ -72,6 +72,8 @@ pub fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<(&'static str, Ef
         max_rss,
         max_rss_interval,
         heartbeat_timeout,
+        identity,
+        stop_group,
     } = old;
     let mut out = Vec::new();
     let mut key = |changed: bool, name: &'static str, effect: Effect| {
@@ -131,6 +133,23 @@ pub fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<(&'static str, Ef
         "heartbeat_timeout",
         Retune,
     );
+    // A new identity needs a new process: each of its keys rolls.
+    let super::identity::Identity {
+        user,
+        group,
+        umask,
+        nice,
+        rlimits,
+        oom_score_adj,
+    } = identity;
+    let id = &new.identity;
+    key(*user != id.user, "user", Roll);
+    key(*group != id.group, "group", Roll);
+    key(*umask != id.umask, "umask", Roll);
+    key(*nice != id.nice, "nice", Roll);
+    key(*rlimits != id.rlimits, "rlimits", Roll);
+    key(*oom_score_adj != id.oom_score_adj, "oom_score_adj", Roll);
+    key(*stop_group != new.stop_group, "stop_group", Retune);
     out
 }
 

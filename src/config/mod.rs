@@ -29,6 +29,7 @@
 mod bind;
 mod diff;
 mod error;
+pub(crate) mod identity;
 pub(crate) mod placeholders;
 pub(crate) mod schema;
 mod summary;
@@ -235,6 +236,14 @@ pub struct PoolConfig {
     /// Einhorn-protocol workers: one that sends no `worker:ping` for this long
     /// after acking is replaced.
     pub heartbeat_timeout: Option<Duration>,
+    /// `user`, `group`, `umask`, `nice`, `rlimits`, `oom_score_adj`.
+    #[serde(default)]
+    pub identity: identity::Identity,
+    /// Stop signals go to the worker's whole process group (the SIGKILL
+    /// escalation always does), and what is left of the group when the
+    /// worker exits is killed.
+    #[serde(default)]
+    pub stop_group: bool,
 }
 
 pub const DEFAULT_UPGRADE_RETRIES: u32 = 3;
@@ -289,6 +298,8 @@ impl PoolConfig {
             max_rss: None,
             max_rss_interval: DEFAULT_RSS_INTERVAL,
             heartbeat_timeout: None,
+            identity: identity::Identity::default(),
+            stop_group: false,
         }
     }
 

@@ -208,6 +208,20 @@ pub const KEYS: &[Key] = &[
         "How often workers' RSS is read from /proc, for pools that set max_rss only."),
     key(Pool, "heartbeat_timeout", DURATION, "none", Retune,
         "Einhorn-protocol workers: one that sends no worker:ping for this long (after it acked) is killed and replaced."),
+    key(Pool, "user", "string: a user name, or a numeric uid", "the master's user", Roll,
+        "Workers run as this user (the master must be root): uid, the user's groups, and HOME, USER, LOGNAME. The master binds the sockets first, so a port below 1024 is fine."),
+    key(Pool, "group", "string: a group name, or a numeric gid", "the user's primary group", Roll,
+        "Workers run with this group (and the user's supplementary groups)."),
+    key(Pool, "umask", "octal: \"0027\" or 0o027", "the master's", Roll,
+        "The workers' file mode creation mask."),
+    key(Pool, "nice", "integer, -20 to 19", "the master's", Roll,
+        "The workers' scheduling niceness (below the master's needs root)."),
+    key(Pool, "rlimits", "table: as, core, cpu, data, fsize, memlock, nofile, nproc, stack = N, \"64MiB\", \"unlimited\" or \"SOFT:HARD\"", "the master's", Roll,
+        "Resource limits of the workers (setrlimit); one value sets soft and hard. Above the master's hard limit needs root."),
+    key(Pool, "oom_score_adj", "integer, -1000 to 1000", "the master's", Roll,
+        "The workers' OOM-killer adjustment (below the master's needs root)."),
+    key(Pool, "stop_group", "boolean", "false", Retune,
+        "Stop signals go to the worker's whole process group, and what is left of the group when the worker exits is killed. The SIGKILL after stop_timeout always goes to the group."),
 ];
 
 /// The keys of one section, in declaration order.

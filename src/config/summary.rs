@@ -77,10 +77,18 @@ impl Config {
             );
             let _ = writeln!(
                 s,
-                "  stop:     {} then SIGKILL after {}",
+                "  stop:     {} to the {} then SIGKILL to its process group after {}",
                 signal_name(p.stop_signal),
+                if p.stop_group {
+                    "worker's process group"
+                } else {
+                    "worker"
+                },
                 fmt_duration(p.stop_timeout)
             );
+            if !p.identity.is_empty() {
+                let _ = writeln!(s, "  runs as:  {}", p.identity.describe());
+            }
         }
         s
     }

@@ -545,6 +545,21 @@ pub(super) fn change_one(base: &PoolConfig, key: &str) -> Option<super::diff::Ef
         "max_rss" => n.max_rss = Some(1 << 30),
         "max_rss_interval" => n.max_rss_interval = d,
         "heartbeat_timeout" => n.heartbeat_timeout = Some(d),
+        "user" => n.identity.user = Some(identity::Principal::Id(1)),
+        "group" => n.identity.group = Some(identity::Principal::Id(1)),
+        "umask" => n.identity.umask = Some(0o077),
+        "nice" => n.identity.nice = Some(5),
+        "rlimits" => {
+            n.identity.rlimits.insert(
+                identity::Resource::Nofile,
+                identity::Limit {
+                    soft: Some(1),
+                    hard: Some(1),
+                },
+            );
+        }
+        "oom_score_adj" => n.identity.oom_score_adj = Some(100),
+        "stop_group" => n.stop_group = true,
         _ => return None,
     }
     match pool_changes(base, &n).as_slice() {
@@ -586,6 +601,13 @@ fn every_pool_key_has_a_reload_effect() {
         ("max_rss", Effect::Retune),
         ("max_rss_interval", Effect::Retune),
         ("heartbeat_timeout", Effect::Retune),
+        ("user", Effect::Roll),
+        ("group", Effect::Roll),
+        ("umask", Effect::Roll),
+        ("nice", Effect::Roll),
+        ("rlimits", Effect::Roll),
+        ("oom_score_adj", Effect::Roll),
+        ("stop_group", Effect::Retune),
     ] {
         assert_eq!(change_one(&base, key), Some(effect), "{key}");
     }
@@ -621,7 +643,13 @@ fn the_parser_knows_every_key_of_the_schema() {
             (Section::Pool, "stop_signal") => "\"TERM\"",
             (Section::Pool, "upgrade") => "\"fleet\"",
             (Section::Pool, "watch") => "[\"/x\"]",
-            (Section::Pool, "command_socket_as_fd" | "kill_children_on_exit") => "true",
+            (Section::Pool, "command_socket_as_fd" | "kill_children_on_exit" | "stop_group") => {
+                "true"
+            }
+            (Section::Pool, "user" | "group") => "\"nobody\"",
+            (Section::Pool, "umask") => "\"0027\"",
+            (Section::Pool, "nice" | "oom_score_adj") => "5",
+            (Section::Pool, "rlimits") => "{ nofile = 1024, core = \"unlimited\" }",
             (Section::Pool, "socket_protocol") => "[\"systemd\"]",
             _ => "\"2s\"",
         }
@@ -794,6 +822,71 @@ fn fd_placeholders_are_checked_with_key_and_line_and_shown_resolved() -> Result<
         "127.0.0.1:0,nodelay (non-blocking, TCP_NODELAY)",
     ] {
         assert!(s.contains(needle), "{needle:?} not in\n{s}");
+    }
+    Ok(())
+}
+
+#[test]
+fn identity_keys_parse_and_bad_values_are_refused_with_key_and_line() -> Result<(), ConfigErrors> {
+    let c = Config::from_toml_str(
+        r#"
+[pools.web]
+command = ["./w"]
+user = "www-data"
+group = 33
+umask = 0o027
+nice = 5
+oom_score_adj = -100
+stop_group = true
+rlimits = { nofile = 65536, core = "unlimited", memlock = "64MiB", nproc = "100:200" }
+"#,
+        Some(Path::new("app.toml")),
+    )?;
+    let p = &c.pools["web"];
+    assert!(p.stop_group);
+    let id = &p.identity;
+    assert_eq!(id.user, Some(identity::Principal::Name("www-data".into())));
+    assert_eq!(id.group, Some(identity::Principal::Id(33)));
+    assert_eq!(id.umask, Some(0o027));
+    assert_eq!((id.nice, id.oom_score_adj), (Some(5), Some(-100)));
+    assert_eq!(id.rlimits.len(), 4);
+    assert_eq!(
+        id.rlimits[&identity::Resource::Nproc],
+        identity::Limit {
+            soft: Some(100),
+            hard: Some(200)
+        }
+    );
+    assert!(c
+        .summary()
+        .contains("runs as:  user www-data, group 33, umask 0027, nice 5"));
+    for (line, key, wanted) in [
+        ("umask = 22", "umask", "decimal"),
+        ("umask = \"0800\"", "umask", "octal"),
+        ("nice = 20", "nice", "out of range"),
+        ("oom_score_adj = -1001", "oom_score_adj", "out of range"),
+        ("user = \"a b\"", "user", "not a user"),
+        ("user = -1", "user", "not a valid id"),
+        ("rlimits = { files = 1 }", "rlimits.files", "unknown limit"),
+        (
+            "rlimits = { nofile = \"10:5\" }",
+            "rlimits.nofile",
+            "above the hard limit",
+        ),
+        (
+            "rlimits = { nofile = \"1G\" }",
+            "rlimits.nofile",
+            "not a number",
+        ),
+        ("stop_group = 1", "stop_group", "true or false"),
+    ] {
+        let errs = errors_of(&format!("[pools.web]\ncommand = [\"./w\"]\n{line}\n"));
+        assert!(
+            errs.iter().any(|e| e.key == format!("pools.web.{key}")
+                && e.line == Some(3)
+                && e.message.contains(wanted)),
+            "{line}: {errs:?}"
+        );
     }
     Ok(())
 }

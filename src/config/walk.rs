@@ -203,6 +203,25 @@ impl Walker<'_> {
         }
     }
 
+    /// An integer from `min` to `max`.
+    fn int_in(&mut self, key: &str, v: &Val<'_>, min: i32, max: i32) -> Option<i32> {
+        if let DeValue::Integer(i) = v.get_ref() {
+            match int_value(i).and_then(|n| i32::try_from(n).ok()) {
+                Some(n) if (min..=max).contains(&n) => return Some(n),
+                _ => {
+                    self.error(
+                        key,
+                        v.span(),
+                        format!("{} is out of range ({min} to {max})", i.as_str()),
+                    );
+                    return None;
+                }
+            }
+        }
+        self.expected(key, v, &format!("an integer from {min} to {max}"));
+        None
+    }
+
     fn uint(&mut self, key: &str, v: &Val<'_>, max: u64) -> Option<u64> {
         if let DeValue::Integer(i) = v.get_ref() {
             if let Some(n) = int_value(i) {
@@ -661,6 +680,102 @@ impl Walker<'_> {
                     }
                 }
                 "heartbeat_timeout" => p.heartbeat_timeout = self.duration(&key, v),
+                "user" | "group" => {
+                    let r = match v.get_ref() {
+                        DeValue::String(s) => identity::parse_principal(s),
+                        DeValue::Integer(i) => int_value(i)
+                            .and_then(|n| u32::try_from(n).ok())
+                            .map(identity::Principal::Id)
+                            .ok_or_else(|| format!("{} is not a valid id", i.as_str())),
+                        other => Err(format!(
+                            "expected a name or a numeric id, found {}",
+                            describe(other)
+                        )),
+                    };
+                    match r {
+                        Ok(who) if name == "user" => p.identity.user = Some(who),
+                        Ok(who) => p.identity.group = Some(who),
+                        Err(e) => self.error(&key, v.span(), e),
+                    }
+                }
+                "umask" => {
+                    let r = match v.get_ref() {
+                        DeValue::String(s) => parse_mode(s),
+                        DeValue::Integer(i) if i.radix() == 8 => int_value(i)
+                            .and_then(|n| u32::try_from(n).ok())
+                            .ok_or_else(|| format!("{} is not a umask", i.as_str())),
+                        DeValue::Integer(i) => Err(format!(
+                            "{} is a decimal number; write the umask in octal: \"0027\" or 0o027",
+                            i.as_str()
+                        )),
+                        other => Err(format!(
+                            "expected an octal umask such as \"0027\", found {}",
+                            describe(other)
+                        )),
+                    };
+                    match r {
+                        Ok(m) if m <= 0o777 => p.identity.umask = Some(m),
+                        Ok(m) => self.error(
+                            &key,
+                            v.span(),
+                            format!("{m:o} is not a umask (at most 0777)"),
+                        ),
+                        Err(e) => self.error(&key, v.span(), e),
+                    }
+                }
+                "nice" => {
+                    if let Some(n) = self.int_in(&key, v, -20, 19) {
+                        p.identity.nice = Some(n);
+                    }
+                }
+                "oom_score_adj" => {
+                    if let Some(n) = self.int_in(&key, v, -1000, 1000) {
+                        p.identity.oom_score_adj = Some(n);
+                    }
+                }
+                "rlimits" => {
+                    if let Some(entries) = self.table(&key, v) {
+                        for (rname, rspan, val) in entries {
+                            let k = format!("{key}.{rname}");
+                            self.note(&k, val.span());
+                            let Some(resource) = identity::Resource::from_name(&rname) else {
+                                self.error(
+                                    &k,
+                                    rspan,
+                                    format!(
+                                        "unknown limit {rname:?} (known: {})",
+                                        identity::Resource::names()
+                                    ),
+                                );
+                                continue;
+                            };
+                            let r = match val.get_ref() {
+                                DeValue::String(s) => identity::parse_limit(resource, s),
+                                DeValue::Integer(i) => match int_value(i) {
+                                    Some(n) if n >= 0 => {
+                                        identity::parse_limit(resource, &n.to_string())
+                                    }
+                                    _ => Err(format!("{} is not a limit", i.as_str())),
+                                },
+                                other => Err(format!(
+                                    "expected a number, \"unlimited\" or \"SOFT:HARD\", found {}",
+                                    describe(other)
+                                )),
+                            };
+                            match r {
+                                Ok(l) => {
+                                    p.identity.rlimits.insert(resource, l);
+                                }
+                                Err(e) => self.error(&k, val.span(), e),
+                            }
+                        }
+                    }
+                }
+                "stop_group" => {
+                    if let Some(b) = self.boolean(&key, v) {
+                        p.stop_group = b;
+                    }
+                }
                 _ => self.unknown(
                     &table,
                     &name,

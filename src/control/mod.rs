@@ -3,5 +3,6 @@
 //! transport on the mio loop (connections, buffers, limits). What a command does
 //! to the master is decided in `crate::master`.
 
+pub(crate) mod acl;
 pub mod protocol;
 pub(crate) mod server;

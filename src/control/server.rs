@@ -537,6 +537,11 @@ impl ControlServer {
         self.conns.get(&id).is_some_and(|c| c.persistent)
     }
 
+    /// The worker whose `-g` channel this connection is.
+    pub fn owner(&self, id: ConnId) -> Option<i32> {
+        self.conns.get(&id).and_then(|c| c.owner)
+    }
+
     /// May this connection speak for worker `pid` (`worker:ack`, `worker:ping`)?
     /// Its `-g` channel may, for that worker only; otherwise the peer must be
     /// the worker itself or one of its descendants.

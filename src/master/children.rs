@@ -70,11 +70,16 @@ impl Master {
                     version,
                     spec,
                 }),
-                Action::Signal { pid, signal } => {
+                Action::Signal { pid, signal, group } => {
                     // The pid is not reaped yet (the pool forgets workers when
-                    // reaped), so it cannot have been reused.
-                    if let Err(e) = signal::kill(NixPid::from_raw(pid), signal) {
-                        log::debug!("pool {name}: kill({pid}, {signal}) failed: {e}");
+                    // reaped), so it cannot have been reused. A group is the
+                    // worker's own (spawned with setpgid(0, 0)): its id is the
+                    // worker's pid, held by the kernel while any member lives;
+                    // after the worker is reaped (stop_group's last kill, in
+                    // the same loop turn) an empty group just gives ESRCH.
+                    let target = if group { -pid } else { pid };
+                    if let Err(e) = signal::kill(NixPid::from_raw(target), signal) {
+                        log::debug!("pool {name}: kill({target}, {signal}) failed: {e}");
                     }
                 }
                 Action::Progress {
@@ -239,6 +244,10 @@ impl Master {
         } else {
             None
         };
+        let identity = self
+            .identities
+            .get(&spec.identity)
+            .map_err(|why| SpawnError::Program(format!("identity: {why}")))?;
         let ctx = SpawnContext {
             sockets: &fds,
             control_path: self.control.path(),
@@ -246,6 +255,7 @@ impl Master {
             index,
             control_fd: pair.as_ref().map(|(_, t)| t.as_raw_fd()),
             notify_socket: notify.as_deref(),
+            identity: identity.as_deref(),
         };
         let pid = spawn::spawn(spec, &ctx).map_err(|e| {
             if e.is_master_side() {

@@ -46,10 +46,7 @@ impl Master {
     fn on_new_conn(&mut self, id: ConnId) {
         let (uid, _) = self.control.peer(id);
         let me = nix::unistd::geteuid().as_raw();
-        let allowed = match uid {
-            Some(u) => u == me || u == 0 || self.config.control.allow_uids.contains(&u),
-            None => false,
-        };
+        let allowed = uid.is_some_and(|u| self.uid_allowed(u));
         if !allowed {
             log::warn!(
                 "control: refused a connection from uid {} (allowed: {me}, root{})",

@@ -81,6 +81,21 @@ impl Master {
 
     fn dispatch(&mut self, conn: ConnId, req: &protocol::Request, parsed: Parsed) -> Outcome {
         let pool = parsed.pool.as_deref();
+        // A pool's user (src/master/identities.rs) may ack and ping, and say
+        // hello; it does not control the master.
+        let harmless = matches!(
+            parsed.command,
+            Command::Ehlo { .. } | Command::Version | Command::Help
+        );
+        if parsed.command.spec().scope != protocol::command::Scope::Worker
+            && !harmless
+            && self.worker_only(conn)
+        {
+            return Outcome::Err(format!(
+                "permission denied: {} comes from a pool's user, which may send worker messages only",
+                parsed.command.name()
+            ));
+        }
         match parsed.command {
             Command::Ehlo { user } => Outcome::Ok(format!(
                 "Hello {}, this is einhyrningsins {} (pid {}), einhorn-compatible.",

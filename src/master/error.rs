@@ -38,6 +38,13 @@ pub enum MasterError {
     Poll(io::Error),
     #[error("resuming after re-exec: {0}")]
     Resume(String),
+    /// Users, groups and limits this master cannot grant (each line names
+    /// the key and where it was written).
+    #[error("{}", .0.join("\n"))]
+    Identity(Vec<String>),
+    /// A pool's user could not reach the control socket to ack.
+    #[error("{0}")]
+    Reach(String),
 }
 
 impl MasterError {
@@ -45,7 +52,10 @@ impl MasterError {
     /// had (address in use, socket taken, another master), 1 for the rest.
     pub fn exit_code(&self) -> i32 {
         match self {
-            MasterError::Bind { .. } | MasterError::Control(_) => 2,
+            MasterError::Bind { .. }
+            | MasterError::Control(_)
+            | MasterError::Identity(_)
+            | MasterError::Reach(_) => 2,
             MasterError::Locked { .. }
             | MasterError::PidfileTaken { .. }
             | MasterError::Symlink { .. } => 2,
@@ -92,6 +102,9 @@ pub enum RuntimeError {
     NoConfigFile,
     #[error("{0}")]
     Config(ConfigErrors),
+    /// Users, groups or limits of the new file this master cannot grant.
+    #[error("{}", .0.join("; "))]
+    Identity(Vec<String>),
     #[error("{location}: pools.{pool}.binds[{index}]: {source}")]
     Bind {
         pool: String,

@@ -49,6 +49,7 @@ mod clients;
 mod commands;
 mod error;
 mod events;
+mod identities;
 mod notify;
 mod phase;
 mod pools;
@@ -230,6 +231,8 @@ struct Master {
     reexec: Option<reexec::Job>,
     /// After a re-exec: the client that asked for it, answered once resumed.
     resumed_for: Option<ReplyTo>,
+    /// The pools' users, groups and limits, resolved.
+    identities: identities::Identities,
 }
 
 impl Master {
@@ -238,7 +241,9 @@ impl Master {
     fn new(config: Config, launch: Launch) -> Result<Master, MasterError> {
         startup::raise_nofile();
         let lock = startup::Files::lock(config.master.lockfile.as_deref())?;
+        let identities = identities::Identities::load(&config).map_err(MasterError::Identity)?;
         let mut control = ControlServer::bind(&config.control.socket, config.control.mode)?;
+        identities::grant_control(&config, &identities, control.path())?;
         let mut pools = BTreeMap::new();
         // systemd socket activation: inherited fds first (src/systemd/activation.rs).
         let mut inherited = crate::systemd::activation::Inherited::from_env();
@@ -313,6 +318,7 @@ impl Master {
             launch,
             reexec: None,
             resumed_for: None,
+            identities,
         })
     }
 

@@ -14,7 +14,10 @@ impl Master {
         if self.notify_ack.is_none() {
             match WorkerNotify::bind(self.control.path(), self.config.control.mode) {
                 Ok(mut n) => match n.register(self.poll.registry(), Source::WorkerNotify.token()) {
-                    Ok(()) => self.notify_ack = Some(n),
+                    Ok(()) => {
+                        self.notify_ack = Some(n);
+                        self.grant_notify();
+                    }
                     Err(e) => log::error!("worker notify socket: cannot register: {e}"),
                 },
                 Err(e) => log::error!("worker notify socket: cannot bind: {e}"),

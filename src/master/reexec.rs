@@ -856,7 +856,7 @@ impl Master {
                 crate::control::protocol::command::lookup(&what).map_or("worker:ack", |c| c.name);
             rejected.recent.push_back((at.at(now), name, pid, why));
         }
-        let m = Master {
+        let mut m = Master {
             config: st.config,
             pools,
             pid_pool,
@@ -891,7 +891,16 @@ impl Master {
             launch: st.launch,
             reexec: None,
             resumed_for: st.requester,
+            identities: super::identities::Identities::default(),
         };
+        // Resolved again: the new binary applies them (a user gone since is
+        // reported, and its spawns fail with the reason).
+        m.identities = super::identities::Identities::load(&m.config).unwrap_or_else(|problems| {
+            for p in problems {
+                log::error!("after re-exec: {p}");
+            }
+            super::identities::Identities::default()
+        });
         Ok(m)
     }
 

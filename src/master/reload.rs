@@ -121,9 +121,13 @@ impl Master {
 
     fn reload_steps(&mut self, trigger: &str) -> Result<Reloaded, RuntimeError> {
         let new = self.read_new_config()?;
+        // Users, groups and limits as they are now (a user may be gone).
+        let identities =
+            super::identities::Identities::load(&new).map_err(RuntimeError::Identity)?;
         let plan = crate::config::diff(&self.config, &new);
         let mut sockets = self.bind_new_sockets(&plan, &new)?;
         // Past this point nothing fails.
+        self.identities = identities;
         let rolled = self.apply(&plan, &mut sockets, &new, trigger);
         let path = new.source.clone().unwrap_or_default();
         if new.log != self.config.log {
@@ -131,6 +135,7 @@ impl Master {
         }
         let watching = (self.config.watch.enabled, new.watch.enabled);
         self.config = new;
+        self.regrant_sockets();
         for name in &plan.removed {
             self.debounce.cancel(&WatchOwner::Pool(name.clone()));
         }

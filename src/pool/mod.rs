@@ -211,8 +211,8 @@ impl Pool {
                     // `wants_spawn`; stop the process now that it exists.
                     w.pid = Some(pid);
                     self.by_pid.insert(pid, id);
-                    let sig = w.spec.stop_signal;
-                    self.send(id, pid, sig, &mut out);
+                    let (sig, group) = (w.spec.stop_signal, w.spec.stop_group);
+                    self.send(id, pid, sig, group, &mut out);
                     return out;
                 }
                 w.pid = Some(pid);
@@ -411,6 +411,15 @@ impl Pool {
         let id = *self.by_pid.get(&pid)?;
         let w = self.remove(id)?;
         let mut out = Vec::new();
+        if w.spec.stop_group {
+            // `stop_group`: the worker's exit ends its process group; what is
+            // left of it (children that outlived it) would keep the sockets.
+            out.push(Action::Signal {
+                pid,
+                signal: Signal::SIGKILL,
+                group: true,
+            });
+        }
         match &w.state {
             WorkerState::Draining { reason, since, .. } => {
                 self.emit(PoolEvent::Exited {
@@ -532,10 +541,13 @@ impl Pool {
             let draining_already = self.workers.get(&id).is_some_and(Worker::is_draining);
             if draining_already {
                 // Escalate only when a different signal was asked for.
-                if let (Shutdown::With(s), Some(pid)) =
-                    (how, self.workers.get(&id).and_then(|w| w.pid))
-                {
-                    self.send(id, pid, s, &mut out);
+                if let (Shutdown::With(s), Some((pid, group))) = (
+                    how,
+                    self.workers
+                        .get(&id)
+                        .and_then(|w| w.pid.map(|p| (p, w.spec.stop_group))),
+                ) {
+                    self.send(id, pid, s, group, &mut out);
                 }
             } else {
                 self.stop_worker(id, sig, StopReason::Shutdown, now, &mut out);
@@ -553,8 +565,9 @@ impl Pool {
             .values()
             .filter_map(|w| w.pid.map(|p| (w.id, p)))
             .collect();
+        // The worker itself, as einhorn: a server relays to its own children.
         for (id, pid) in targets {
-            self.send(id, pid, signal, &mut out);
+            self.send(id, pid, signal, false, &mut out);
         }
         out
     }
@@ -646,7 +659,10 @@ impl Pool {
                         reason,
                     };
                     self.emit(PoolEvent::StopTimeout { pid, timeout });
-                    self.send(id, pid, Signal::SIGKILL, out);
+                    // Always the whole group: a worker that had to be killed
+                    // cannot stop its children, which would keep serving on
+                    // the sockets they inherited.
+                    self.send(id, pid, Signal::SIGKILL, true, out);
                 }
             }
             _ => {}
@@ -857,11 +873,11 @@ impl Pool {
         }
     }
 
-    fn send(&mut self, id: WorkerId, pid: Pid, signal: Signal, out: &mut Vec<Action>) {
+    fn send(&mut self, id: WorkerId, pid: Pid, signal: Signal, group: bool, out: &mut Vec<Action>) {
         if let Some(w) = self.workers.get_mut(&id) {
             w.signals.push(signal);
         }
-        out.push(Action::Signal { pid, signal });
+        out.push(Action::Signal { pid, signal, group });
     }
 
     /// Move a live worker to Draining and send it `signal`.
@@ -902,7 +918,8 @@ impl Pool {
                 signal,
                 reason,
             });
-            self.send(id, pid, signal, out);
+            let group = signal == Signal::SIGKILL || w.spec.stop_group;
+            self.send(id, pid, signal, group, out);
             if let (Some(up), StopReason::Retired) = (&self.upgrade, reason) {
                 out.push(Action::Progress {
                     upgrade: up.id,

@@ -14,6 +14,10 @@ struct Sim {
     next_pid: Pid,
     /// pid -> signals received
     signals: BTreeMap<Pid, Vec<Signal>>,
+    /// pid -> signals sent to its whole process group
+    group_signals: BTreeMap<Pid, Vec<Signal>>,
+    /// Pids that exited (a group kill may follow their exit).
+    exited: BTreeSet<Pid>,
     progress: Vec<(UpgradeId, String, Outcome)>,
     stopped: bool,
     /// Pids whose next spawn attempts fail (exec error), counted down.
@@ -43,6 +47,8 @@ impl Sim {
             now: Instant::now(),
             next_pid: 1000,
             signals: BTreeMap::new(),
+            group_signals: BTreeMap::new(),
+            exited: BTreeSet::new(),
             progress: Vec::new(),
             stopped: false,
             fail_spawns: 0,
@@ -69,12 +75,20 @@ impl Sim {
                     };
                     queue.extend(self.pool.spawned(worker, res, self.now));
                 }
-                Action::Signal { pid, signal } => {
+                Action::Signal { pid, signal, group } => {
+                    // Only a group kill may follow a worker's exit (what is
+                    // left of a stop_group worker's group).
+                    let live = self.pool.worker_by_pid(pid).is_some();
                     assert!(
-                        self.pool.worker_by_pid(pid).is_some(),
+                        live || (group && signal == Signal::SIGKILL && self.exited.contains(&pid)),
                         "signal {signal} to pid {pid} that is not a live worker"
                     );
-                    self.signals.entry(pid).or_default().push(signal);
+                    if live {
+                        self.signals.entry(pid).or_default().push(signal);
+                    }
+                    if group {
+                        self.group_signals.entry(pid).or_default().push(signal);
+                    }
                 }
                 Action::Progress {
                     upgrade,
@@ -170,6 +184,7 @@ impl Sim {
         }
     }
     fn exit(&mut self, pid: Pid) {
+        self.exited.insert(pid);
         let a = self.pool.exited(pid, "exit status 0", self.now);
         assert!(a.is_some(), "exit of unknown pid {pid}");
         self.apply(a.unwrap_or_default());
@@ -390,6 +405,55 @@ fn a_worker_ignoring_its_stop_signal_gets_sigkill_after_stop_timeout() {
     assert!(!s.stopped);
     s.exit(pid);
     assert!(s.stopped);
+}
+
+#[test]
+fn the_sigkill_escalation_reaches_the_group_and_stop_group_the_rest() {
+    // Default: the stop signal to the worker alone (einhorn), the SIGKILL
+    // after stop_timeout to its whole group, nothing after its exit.
+    let mut p = spec(2);
+    p.stop_timeout = 5 * S;
+    let mut s = Sim::new(p.clone());
+    s.ack_all();
+    let pids = s.acked_pids();
+    let a = s.pool.shutdown(Shutdown::Graceful, s.now);
+    s.apply(a);
+    assert!(s.group_signals.is_empty(), "{:?}", s.group_signals);
+    s.advance(5 * S);
+    for pid in &pids {
+        assert_eq!(s.group_signals[pid], vec![Signal::SIGKILL]);
+    }
+    s.drain_exit();
+    for pid in &pids {
+        assert_eq!(
+            s.group_signals[pid],
+            vec![Signal::SIGKILL],
+            "no kill after exit"
+        );
+    }
+    // stop_group: every stop signal to the group, and the group killed when
+    // the worker exits, whatever ended it; `signal` still goes to the worker.
+    p.stop_group = true;
+    let mut s = Sim::new(p);
+    s.ack_all();
+    let pids = s.acked_pids();
+    let a = s.pool.signal_all(Signal::SIGHUP);
+    s.apply(a);
+    assert!(s.group_signals.is_empty());
+    let a = s.pool.set_count(1, s.now).expect("scale");
+    s.apply(a);
+    let stopped = s.draining_pids()[0];
+    assert_eq!(s.group_signals[&stopped], vec![Signal::SIGUSR2]);
+    s.exit(stopped);
+    assert_eq!(
+        s.group_signals[&stopped],
+        vec![Signal::SIGUSR2, Signal::SIGKILL]
+    );
+    // A crash of the other: its group goes too, and a replacement starts.
+    let other = *pids.iter().find(|p| **p != stopped).expect("other");
+    s.exit(other);
+    assert_eq!(s.group_signals[&other], vec![Signal::SIGKILL]);
+    assert_eq!(s.unacked().len(), 1);
 }
 
 #[test]
@@ -1422,6 +1486,8 @@ fn a_restored_pool_decides_exactly_like_the_original() {
         now: s.now,
         next_pid: s.next_pid,
         signals: s.signals.clone(),
+        group_signals: s.group_signals.clone(),
+        exited: s.exited.clone(),
         progress: Vec::new(),
         stopped: false,
         fail_spawns: 0,

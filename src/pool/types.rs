@@ -141,9 +141,12 @@ pub enum Action {
         version: u64,
         spec: Arc<PoolConfig>,
     },
+    /// Signal a worker; `group`: its whole process group (the worker's pid
+    /// is the group's id).
     Signal {
         pid: Pid,
         signal: Signal,
+        group: bool,
     },
     /// Upgrade progress for whoever asked; `outcome` is set on the final message.
     Progress {

@@ -19,6 +19,7 @@ mod ctl_shell;
 mod einhorn_wire_ruby;
 mod example_workers;
 mod harness;
+mod identity;
 mod pools_and_cli;
 mod reexec;
 mod reload;
