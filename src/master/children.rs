@@ -102,6 +102,7 @@ impl Master {
                         }
                         self.pools.remove(name);
                         self.releases.forget_pool(name);
+                        self.counters.pool_gone(name);
                         self.dirty.remove(name);
                         return;
                     }

@@ -173,6 +173,10 @@ pub(crate) struct MasterState {
     /// `reexec --upgrade`: roll every pool once resumed.
     #[serde(default)]
     then_upgrade: bool,
+    /// The metrics counters (absent from a format-1 state written before
+    /// them: they start at zero).
+    #[serde(default)]
+    counters: crate::metrics::Counters,
 }
 
 /// Why a state document cannot be used.
@@ -710,6 +714,7 @@ impl Master {
             sd_ready_sent: self.sd.ready_sent(),
             requester,
             then_upgrade,
+            counters: self.counters.clone(),
         }
     }
 }
@@ -892,7 +897,16 @@ impl Master {
             reexec: None,
             resumed_for: st.requester,
             identities: super::identities::Identities::default(),
+            counters: st.counters,
+            metrics: None,
         };
+        // The listener is not carried (it is close-on-exec): bound again, so a
+        // scrape during the exec is refused, never hung. Failing to get it
+        // back is logged; the master resumes without it.
+        match Master::bind_metrics(&m.config, &m.poll) {
+            Ok(l) => m.metrics = l,
+            Err(e) => log::error!("after re-exec: {e}; metrics are off until a restart"),
+        }
         // Resolved again: the new binary applies them (a user gone since is
         // reported, and its spawns fail with the reason).
         m.identities = super::identities::Identities::load(&m.config).unwrap_or_else(|problems| {
