@@ -177,6 +177,9 @@ pub(crate) struct MasterState {
     /// them: they start at zero).
     #[serde(default)]
     counters: crate::metrics::Counters,
+    /// The metrics listener's fd (kept, so a `:0` port stays the same).
+    #[serde(default)]
+    metrics_fd: Option<RawFd>,
 }
 
 /// Why a state document cannot be used.
@@ -658,6 +661,9 @@ impl Master {
         if let Some(n) = &self.notify_ack {
             fds.push(n.parts().fd);
         }
+        if let Some(m) = &self.metrics {
+            fds.push(m.listener_fd());
+        }
         fds.extend(self._files.parts().0);
         fds
     }
@@ -715,6 +721,7 @@ impl Master {
             requester,
             then_upgrade,
             counters: self.counters.clone(),
+            metrics_fd: self.metrics.as_ref().map(|m| m.listener_fd()),
         }
     }
 }
@@ -900,12 +907,30 @@ impl Master {
             counters: st.counters,
             metrics: None,
         };
-        // The listener is not carried (it is close-on-exec): bound again, so a
-        // scrape during the exec is refused, never hung. Failing to get it
-        // back is logged; the master resumes without it.
-        match Master::bind_metrics(&m.config, &m.poll) {
-            Ok(l) => m.metrics = l,
-            Err(e) => log::error!("after re-exec: {e}; metrics are off until a restart"),
+        // The listener was kept (scrapes during the exec wait in its backlog);
+        // its connections were not (they see EOF). A state without it (the
+        // listener was off) binds what the config asks, if anything.
+        let adopted = match (st.metrics_fd, &m.config.metrics.listen) {
+            (Some(fd), Some(addr)) => {
+                // SAFETY: the previous image kept this fd for us (fds_to_keep).
+                let mut l =
+                    unsafe { crate::metrics::http::MetricsServer::from_listener_fd(fd, addr) };
+                match l.register(m.poll.registry(), Source::Metrics.token()) {
+                    Ok(()) => Some(l),
+                    Err(e) => {
+                        log::error!("after re-exec: metrics listener: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        match adopted {
+            Some(l) => m.metrics = Some(l),
+            None => match Master::bind_metrics(&m.config, &m.poll) {
+                Ok(l) => m.metrics = l,
+                Err(e) => log::error!("after re-exec: {e}; metrics are off until a restart"),
+            },
         }
         // Resolved again: the new binary applies them (a user gone since is
         // reported, and its spawns fail with the reason).

@@ -202,19 +202,48 @@ impl MetricsServer {
                 Listener::Unix(UnixListener::bind(p).map_err(err)?, p.clone())
             }
         };
+        Ok(MetricsServer::around(listener, addr))
+    }
+
+    /// The listening fd, for a re-exec to keep.
+    pub fn listener_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match &self.listener {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
+        }
+    }
+
+    /// Take over the listener a previous image kept (`fd`, listening on `addr`).
+    ///
+    /// # Safety
+    /// `fd` must be an open listening socket of `addr`'s kind, owned by nobody else.
+    pub unsafe fn from_listener_fd(fd: std::os::fd::RawFd, addr: &MetricsListen) -> MetricsServer {
+        use std::os::fd::FromRawFd;
+        // SAFETY: the caller's promise.
+        let listener = match addr {
+            MetricsListen::Tcp(_) => Listener::Tcp(unsafe { TcpListener::from_raw_fd(fd) }),
+            MetricsListen::Unix(p) => {
+                Listener::Unix(unsafe { UnixListener::from_raw_fd(fd) }, p.clone())
+            }
+        };
+        MetricsServer::around(listener, addr)
+    }
+
+    fn around(listener: Listener, addr: &MetricsListen) -> MetricsServer {
         let shown = match &listener {
             Listener::Tcp(l) => l
                 .local_addr()
                 .map_or_else(|_| addr.to_string(), |a| a.to_string()),
             Listener::Unix(_, p) => format!("unix:{}", p.display()),
         };
-        Ok(MetricsServer {
+        MetricsServer {
             listener,
             shown,
             conns: HashMap::new(),
             free: (CONN_BASE..CONN_BASE + MAX_CONNS).rev().collect(),
             queued: 0,
-        })
+        }
     }
 
     /// Where it listens (with the port the kernel chose for `:0`).

@@ -283,3 +283,61 @@ fn a_taken_metrics_address_is_refused_at_start_with_exit_2() {
     );
     drop(taken);
 }
+
+#[test]
+fn counters_survive_a_reexec_and_the_listener_comes_back() {
+    let m = MasterBuilder::config(CONFIG).start();
+    let addr = metrics_addr(&m);
+    let pids = m.wait_acked("web", 2);
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    let w = &[("pool", "web")];
+    let crash = &[("pool", "web"), ("cause", "crash_after_ack")];
+    wait_for("the crash counted", T, || {
+        let body = scrape(&addr);
+        (body.contains(
+            "einhyrningsins_worker_exits_total{pool=\"web\",cause=\"crash_after_ack\"} 1\n",
+        ) && body.contains("einhyrningsins_worker_spawns_total{pool=\"web\"} 3\n"))
+        .then_some(())
+    });
+    let out = m.ctl(&["reexec"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same master (pid), a new image: the counters came with the state.
+    let mut last = String::new();
+    let body = poll_until(T, || {
+        let s = TcpStream::connect(&addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let (code, _, body) = exchange(s, "GET /metrics HTTP/1.1\r\n\r\n");
+        last = body.clone();
+        (code == 200 && body.contains("einhyrningsins_reexecs_total{outcome=\"done\"} 1\n"))
+            .then_some(body)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no metrics after the re-exec; last:\n{last}\nlog:\n{}",
+            m.log_text()
+        )
+    });
+    assert!(
+        body.contains("einhyrningsins_worker_spawns_total{pool=\"web\"} 3\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            "einhyrningsins_worker_exits_total{pool=\"web\",cause=\"crash_after_ack\"} 1\n"
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains("einhyrningsins_control_requests_total{command=\"reexec\"} 1\n"),
+        "{body}"
+    );
+    if parser_available("metrics::counters_survive_a_reexec") {
+        let x = parse(&body);
+        assert_eq!(x.get("einhyrningsins_worker_spawns_total", w), Some(3.0));
+        assert_eq!(x.get("einhyrningsins_worker_exits_total", crash), Some(1.0));
+    }
+}
