@@ -31,5 +31,6 @@ mod shutdown;
 mod startup;
 mod syslog;
 mod systemd;
+mod top;
 mod upgrades;
 mod watching;
