@@ -134,6 +134,19 @@ impl Master {
     }
 }
 
+/// A reload's plan as the `reload_applied` event carries it.
+pub(super) fn diff_json(d: &crate::config::ConfigDiff) -> Value {
+    json!({
+        "added": d.added,
+        "removed": d.removed,
+        "scaled": d.scaled.iter().map(|(p, from, to)| json!({"pool": p, "from": from, "to": to})).collect::<Vec<_>>(),
+        "rolled": d.rolled.iter().map(|(p, keys)| json!({"pool": p, "keys": keys})).collect::<Vec<_>>(),
+        "retuned": d.retuned,
+        "unchanged": d.unchanged,
+        "global": d.global,
+    })
+}
+
 fn log_event(pool: &str, ev: &PoolEvent) {
     let level = match ev.level() {
         Level::Debug => log::Level::Debug,

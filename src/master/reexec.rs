@@ -370,6 +370,14 @@ impl Master {
         upgrade: bool,
     ) -> Result<(), RuntimeError> {
         let program = self.reexec_program()?;
+        self.master_event(
+            "reexec_started",
+            serde_json::json!({
+                "program": program.join(" "),
+                "check": self.config.master.upgrade_check,
+                "message": format!("re-exec of {} started", program.join(" ")),
+            }),
+        );
         if !self.config.master.upgrade_check {
             log::info!(
                 "reexec: no upgrade check (upgrade_check = false); exec'ing {}",

@@ -25,6 +25,8 @@ pub(super) struct Reloaded {
     pub summary: String,
     /// Pools the reload rolled (a HUP does not roll them a second time).
     pub rolled: Vec<String>,
+    /// The plan, for the `reload_applied` event.
+    pub diff: serde_json::Value,
 }
 
 /// Where one socket of a rebinding pool comes from.
@@ -90,7 +92,9 @@ impl Master {
             },
         });
         let event = match &result {
-            Ok(r) => serde_json::json!({"trigger": trigger, "ok": true, "message": r.summary}),
+            Ok(r) => serde_json::json!({
+                "trigger": trigger, "ok": true, "message": r.summary, "diff": r.diff,
+            }),
             Err(e) => {
                 serde_json::json!({"trigger": trigger, "ok": false, "message": e.to_string()})
             }
@@ -151,6 +155,7 @@ impl Master {
         Ok(Reloaded {
             summary: format!("Reloaded {}: {}", path.display(), plan.summary()),
             rolled,
+            diff: super::events::diff_json(&plan),
         })
     }
 

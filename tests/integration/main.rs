@@ -17,6 +17,7 @@ mod control_socket;
 mod ctl_client;
 mod ctl_shell;
 mod einhorn_wire_ruby;
+mod events;
 mod example_workers;
 mod harness;
 mod identity;
