@@ -30,7 +30,7 @@ impl Config {
             }
         );
         if let Some(l) = &self.metrics.listen {
-            let _ = writeln!(s, "metrics: http://{l}/metrics");
+            let _ = writeln!(s, "metrics: GET /metrics on {l}");
         }
         if self.pools.is_empty() {
             let _ = writeln!(s, "no pools");

@@ -182,6 +182,12 @@ impl Master {
         }
         new.control = self.config.control.clone();
         new.master = master;
+        // The listener is held as started (src/master/metrics.rs), like the
+        // control socket.
+        if new.metrics != self.config.metrics {
+            log::warn!("reload: [metrics] changes need a restart; kept as running");
+            new.metrics = self.config.metrics.clone();
+        }
         Ok(new)
     }
 

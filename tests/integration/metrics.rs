@@ -341,3 +341,20 @@ fn counters_survive_a_reexec_and_the_listener_comes_back() {
         assert_eq!(x.get("einhyrningsins_worker_exits_total", crash), Some(1.0));
     }
 }
+
+#[test]
+fn a_reload_keeps_the_listener_as_started() {
+    let m = MasterBuilder::config(CONFIG).start();
+    let addr = metrics_addr(&m);
+    m.wait_acked("web", 2);
+    m.write_config(&CONFIG.replace("127.0.0.1:0", "{dir}/other.sock"));
+    let (msg, err) = m.cmd("reload", &[], None);
+    assert!(!err, "{msg}");
+    m.wait_log("[metrics] changes need a restart; kept as running", T);
+    let body = scrape(&addr);
+    assert!(
+        body.contains("einhyrningsins_reloads_total{outcome=\"applied\"} 1\n"),
+        "{body}"
+    );
+    assert!(!m.dir.join("other.sock").exists());
+}
