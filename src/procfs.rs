@@ -58,8 +58,17 @@ pub struct Usage {
 
 /// `pid`'s CPU time and RSS (/proc/PID/stat fields 14, 15 and 24), `None` if gone.
 pub fn usage(pid: i32) -> Option<Usage> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
+    // A scrape reads this for every worker: one open, one read into a stack
+    // buffer, one close (read_to_string would add a statx and a second read).
+    // The line is well under 1 KiB (the command name is at most 16 bytes).
+    use std::io::Read;
+    let mut f = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut buf = [0u8; 1024];
+    let n = f.read(&mut buf).ok()?;
+    let line = buf.get(..n)?;
+    // The command name may hold any bytes: what follows its last ')' is ASCII.
+    let close = line.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(&line[close + 1..]).ok()?;
     // `rest` starts at field 3 (state): field N is at index N - 3.
     let mut f = rest.split_whitespace();
     let utime: u64 = f.nth(11)?.parse().ok()?;

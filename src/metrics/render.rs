@@ -497,6 +497,8 @@ pub fn render(scrape: &Scrape, counters: &Counters) -> String {
     o.by_label(&n("metrics_scrapes_total"), "code", &counters.scrapes, &[]);
 
     // Per worker, from /proc at this scrape.
+    let rss_name = n("worker_resident_memory_bytes");
+    let cpu_name = n("worker_cpu_seconds_total");
     o.family(
         &n("worker_resident_memory_bytes"),
         "gauge",
@@ -512,7 +514,7 @@ pub fn render(scrape: &Scrape, counters: &Counters) -> String {
             };
             worker_labels(pid, w, &mut pid_s, &mut idx_s, &mut ver_s);
             o.sample(
-                &n("worker_resident_memory_bytes"),
+                &rss_name,
                 &[
                     ("pool", &p.name),
                     ("index", &idx_s),
@@ -535,7 +537,7 @@ pub fn render(scrape: &Scrape, counters: &Counters) -> String {
             };
             worker_labels(pid, w, &mut pid_s, &mut idx_s, &mut ver_s);
             o.sample(
-                &n("worker_cpu_seconds_total"),
+                &cpu_name,
                 &[
                     ("pool", &p.name),
                     ("index", &idx_s),
