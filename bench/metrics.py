@@ -17,6 +17,7 @@ metrics on, and the master's memory per worker with metrics on versus off.
   rendering costs at its peak).
 
 Usage: python3 bench/metrics.py [--scrapes N] [--idle SECS] [--sizes 10,1000,10000]
+                                [--only scrape,idle,footprint]
 Builds the release master and worker first unless BENCH_NO_BUILD=1. Reuses
 bench/suite/bench.py's master harness (temp dirs, tagged workers, clean stop).
 """
@@ -140,6 +141,7 @@ def main():
     ap.add_argument("--scrapes", type=int, default=30)
     ap.add_argument("--idle", type=float, default=10.0)
     ap.add_argument("--sizes", default="10,1000,10000")
+    ap.add_argument("--only", default="scrape,idle,footprint", help="comma-separated: scrape,idle,footprint")
     args = ap.parse_args()
     if os.environ.get("BENCH_NO_BUILD") != "1":
         subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "einhyrningsins",
@@ -147,12 +149,13 @@ def main():
     for note in suite.raise_limits():
         print("note:", note)
     sizes = [int(s) for s in args.sizes.split(",")]
+    only = set(args.only.split(","))
     print("machine: %d CPU(s), %s; load average %.1f" % (os.cpu_count(), " ".join(os.uname()[2:3]),
                                                         os.getloadavg()[0]))
     print("\n| workers | scrape median | scrape p90 | body | master VmRSS before | VmHWM after |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     scraped = {}
-    for n in sizes:
+    for n in sizes if only & {"scrape", "footprint"} else []:
         r = scrape_run(n, args.scrapes)
         scraped[n] = r
         print("| %d | %.2f ms | %.2f ms | %.0f KiB | %.1f MiB | %.1f MiB |" % (
@@ -161,8 +164,10 @@ def main():
     print("\n| idle, 100 workers, %.0f s | voluntary context switches |" % args.idle)
     print("| --- | ---: |")
     for label, metrics, after in (("metrics off", False, False), ("metrics on, never scraped", True, False),
-                                  ("metrics on, 11 s after 20 scrapes", True, True)):
+                                  ("metrics on, 11 s after 20 scrapes", True, True)) if "idle" in only else ():
         print("| %s | %d |" % (label, idle_run(args.idle, metrics, after)), flush=True)
+    if "footprint" not in only:
+        return
     big = max(sizes)
     on = scraped[big]["rss_kib"]
     off = footprint(big, False)
