@@ -11,9 +11,10 @@
 //!   left waits in the connection's buffer. A response that would bring all
 //!   connections together beyond [`TOTAL_OUTPUT`] queued is replaced by a
 //!   short `503`.
-//! - **Time.** A connection that makes no progress (no request yet, or a
-//!   response the peer does not read) for [`IDLE`] is closed. This is the only
-//!   timer, and it is armed only while a connection is open.
+//! - **Time.** The whole request must arrive within [`IDLE`] of the accept
+//!   (a slowloris trickling bytes is not given more time), and a response
+//!   the peer stops reading is closed after [`IDLE`] without progress. This
+//!   is the only timer, and it is armed only while a connection is open.
 //! - **Connections.** At most [`MAX_CONNS`]; a newcomer at the limit closes the
 //!   connection idle longest, so a hoarder cannot lock out Prometheus.
 
@@ -338,7 +339,6 @@ impl MetricsServer {
                 }
                 Ok(n) => {
                     c.input.extend_from_slice(&chunk[..n]);
-                    c.deadline = now + IDLE;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

@@ -358,3 +358,43 @@ fn a_reload_keeps_the_listener_as_started() {
     );
     assert!(!m.dir.join("other.sock").exists());
 }
+
+#[test]
+fn silent_and_slowloris_scrapers_are_closed_after_the_idle_time() {
+    let m = MasterBuilder::config(CONFIG).start();
+    let addr = metrics_addr(&m);
+    let t0 = Instant::now();
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // The slow one trickles a header byte every 500 ms: it is still closed
+    // 10 s after its accept, however long it keeps trickling.
+    let trickle = std::thread::spawn(move || {
+        let mut sent = 0;
+        while slow.write_all(b"X").is_ok() && sent < 60 {
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let mut b = [0u8; 1];
+        slow.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        (sent, std::io::Read::read(&mut slow, &mut b).ok())
+    });
+    let mut b = [0u8; 1];
+    assert_eq!(silent.read(&mut b).unwrap_or(0), 0, "silent: EOF expected");
+    let silent_after = t0.elapsed();
+    let (sent, _) = trickle.join().unwrap();
+    let slow_after = t0.elapsed();
+    assert!(
+        silent_after >= Duration::from_secs(9) && silent_after < Duration::from_secs(20),
+        "{silent_after:?}"
+    );
+    assert!(
+        sent < 40,
+        "the trickler kept its connection for {sent} bytes ({slow_after:?})"
+    );
+    // And the master carried on.
+    assert!(scrape(&addr).contains("einhyrningsins_pool_workers"));
+}
