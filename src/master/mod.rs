@@ -23,6 +23,7 @@
 //! - `notify`: the workers' notify socket; `service`: the master's own sd_notify;
 //! - `reexec`: the master upgrading itself in place (state out, exec, state in);
 //! - `releases`: what each version ran (for `rollback`); `events`: the event log;
+//! - `metrics`: the `/metrics` listener, the scrape snapshot and `stats`;
 //! - `startup`: lockfile, pidfile, process name; `error`: typed errors.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
