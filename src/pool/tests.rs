@@ -1609,3 +1609,4 @@ fn a_scale_down_drops_the_holds_it_no_longer_needs() {
     assert_eq!(s.pool.respawn_at(), None, "no hold left over");
 }
 
+mod props;
