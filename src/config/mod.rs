@@ -372,4 +372,6 @@ impl Config {
 }
 
 #[cfg(test)]
+pub(crate) mod props;
+#[cfg(test)]
 mod tests;
