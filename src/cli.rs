@@ -262,6 +262,11 @@ struct Args {
     #[arg(long)]
     subreaper: bool,
 
+    /// Serve Prometheus metrics at GET /metrics on ADDR (HOST:PORT, or a unix
+    /// socket path with a `/`); off by default
+    #[arg(long, value_name = "ADDR", value_parser = metrics_arg)]
+    metrics: Option<crate::config::MetricsListen>,
+
     /// At most N unacked workers at a time while upgrading [default: number of CPUs]
     #[arg(long = "max-unacked", value_name = "N")]
     max_unacked: Option<usize>,
@@ -666,6 +671,13 @@ fn apply_globals(a: &Args, cfg: &mut Config) {
     if a.subreaper {
         cfg.master.subreaper = true;
     }
+    if let Some(m) = &a.metrics {
+        cfg.metrics.listen = Some(m.clone());
+    }
+}
+
+fn metrics_arg(s: &str) -> Result<crate::config::MetricsListen, String> {
+    crate::config::MetricsListen::parse(s)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ mod control;
 mod identity;
 mod log;
 mod master;
+mod metrics;
 mod pool;
 mod procfs;
 mod spawn;

@@ -48,6 +48,59 @@ fn page_size() -> u64 {
     }
 }
 
+/// CPU time and memory of one process, from one read of /proc/PID/stat.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    /// User plus system time.
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+}
+
+/// `pid`'s CPU time and RSS (/proc/PID/stat fields 14, 15 and 24), `None` if gone.
+pub fn usage(pid: i32) -> Option<Usage> {
+    // A scrape reads this for every worker: one open, one read into a stack
+    // buffer, one close (read_to_string would add a statx and a second read).
+    // The line is well under 1 KiB (the command name is at most 16 bytes).
+    use std::io::Read;
+    let mut f = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let mut buf = [0u8; 1024];
+    let n = f.read(&mut buf).ok()?;
+    let line = buf.get(..n)?;
+    // The command name may hold any bytes: what follows its last ')' is ASCII.
+    let close = line.iter().rposition(|b| *b == b')')?;
+    let rest = std::str::from_utf8(&line[close + 1..]).ok()?;
+    // `rest` starts at field 3 (state): field N is at index N - 3.
+    let mut f = rest.split_whitespace();
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    let rss_pages: u64 = f.nth(8)?.parse().ok()?;
+    Some(Usage {
+        cpu_seconds: (utime + stime) as f64 / clock_ticks(),
+        rss_bytes: rss_pages * page_size(),
+    })
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if n > 0 {
+        n as f64
+    } else {
+        100.0
+    }
+}
+
+/// How many fds `pid` has open (entries of /proc/PID/fd), `None` if unreadable.
+pub fn open_fds(pid: i32) -> Option<u64> {
+    let n = fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    // Our own count includes the directory being read.
+    Some(if pid == std::process::id() as i32 {
+        n.saturating_sub(1)
+    } else {
+        n
+    })
+}
+
 /// Whether `pid` exists (a zombie counts: it still has its /proc entry).
 pub fn exists(pid: i32) -> bool {
     fs::metadata(format!("/proc/{pid}")).is_ok()
@@ -73,6 +126,13 @@ mod tests {
             "our RSS: {:?}",
             rss(me)
         );
+        let u = usage(me).expect("our usage");
+        assert!(u.rss_bytes > 100_000 && u.cpu_seconds >= 0.0, "{u:?}");
+        // Same pages as statm, give or take what the test allocated meanwhile.
+        let statm = rss(me).unwrap_or(0);
+        assert!(u.rss_bytes.abs_diff(statm) < 64 << 20, "{u:?} vs {statm}");
+        assert!(open_fds(me).is_some_and(|n| n >= 3));
+        assert_eq!(usage(i32::MAX), None);
         // Pids are at most 2^22 on Linux.
         assert_eq!(parent(i32::MAX), None);
         assert!(ancestors(i32::MAX, 0, 64).is_empty());

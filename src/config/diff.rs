@@ -35,7 +35,7 @@ pub struct ConfigDiff {
     pub retuned: Vec<String>,
     /// Pools identical in both.
     pub unchanged: Vec<String>,
-    /// Changed global sections: "control", "log", "watch", "master".
+    /// Changed global sections: "control", "log", "watch", "master", "metrics".
     pub global: Vec<&'static str>,
 }
 
@@ -166,6 +166,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         log,
         watch,
         master,
+        metrics,
         pools,
     } = old;
     if *control != new.control {
@@ -179,6 +180,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     }
     if *master != new.master {
         d.global.push("master");
+    }
+    if *metrics != new.metrics {
+        d.global.push("metrics");
     }
     for name in pools.keys() {
         if !new.pools.contains_key(name) {

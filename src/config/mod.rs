@@ -30,6 +30,7 @@ mod bind;
 mod diff;
 mod error;
 pub(crate) mod identity;
+mod metrics;
 pub(crate) mod placeholders;
 pub(crate) mod schema;
 mod summary;
@@ -42,6 +43,7 @@ pub(crate) use bind::BindSpecError;
 pub(crate) use bind::{BindAddr, BindSpec, Family};
 pub(crate) use diff::{diff, ConfigDiff};
 pub(crate) use error::{ConfigError, ConfigErrors, Locations};
+pub(crate) use metrics::{MetricsConfig, MetricsListen};
 pub(crate) use value::*;
 
 use std::collections::BTreeMap;
@@ -62,6 +64,9 @@ pub struct Config {
     pub log: LogConfig,
     pub watch: WatchConfig,
     pub master: MasterConfig,
+    /// `[metrics]` (absent from a state written before it existed).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Pools by name; iteration order is the name order.
     pub pools: BTreeMap<String, PoolConfig>,
     /// Where each key was written (empty for the command line). Always compares
@@ -333,6 +338,7 @@ impl Default for Config {
                 debounce: DEFAULT_DEBOUNCE,
             },
             master: MasterConfig::default(),
+            metrics: MetricsConfig::default(),
             pools: BTreeMap::new(),
             locations: Locations::default(),
         }

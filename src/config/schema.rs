@@ -15,16 +15,19 @@ pub enum Section {
     Log,
     Watch,
     MasterProcess,
+    /// `[metrics]`: the Prometheus listener (src/metrics/).
+    Metrics,
     /// `[pools.NAME]`
     Pool,
 }
 
 impl Section {
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 6] = [
         Section::Control,
         Section::Log,
         Section::Watch,
         Section::MasterProcess,
+        Section::Metrics,
         Section::Pool,
     ];
 
@@ -36,6 +39,7 @@ impl Section {
             Section::Log => "[log]",
             Section::Watch => "[watch]",
             Section::MasterProcess => "[master]",
+            Section::Metrics => "[metrics]",
             Section::Pool => "[pools.NAME]",
         }
     }
@@ -48,6 +52,7 @@ impl Section {
             Section::Log => "log",
             Section::Watch => "watch",
             Section::MasterProcess => "master",
+            Section::Metrics => "metrics",
             Section::Pool => "pools",
         }
     }
@@ -115,7 +120,7 @@ const fn key(
 }
 
 use Reload::{Apply, Restart, Retune, Roll, Scale};
-use Section::{Control, Log, MasterProcess, Pool, Watch};
+use Section::{Control, Log, MasterProcess, Metrics, Pool, Watch};
 
 /// The durations' syntax, said once.
 pub const DURATION: &str =
@@ -138,6 +143,8 @@ pub const KEYS: &[Key] = &[
         "Watch each pool's executable and `watch` paths and the config file; a change rolls the pool or reloads the file."),
     key(Watch, "debounce", DURATION, "\"200ms\"", Apply,
         "Quiet time after the last change before acting (a burst of events makes one roll)."),
+    key(Metrics, "listen", "\"HOST:PORT\" (TCP) or a path (unix socket; contains a `/`)", "- (off)", Restart,
+        "Serve Prometheus metrics at GET /metrics here (docs/observability.md); off when unset."),
     key(MasterProcess, "pidfile", "path", "-", Restart,
         "Write the master's pid here (no symlinks followed; removed on exit)."),
     key(MasterProcess, "lockfile", "path", "-", Restart,

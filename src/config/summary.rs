@@ -29,6 +29,9 @@ impl Config {
                 "off".to_string()
             }
         );
+        if let Some(l) = &self.metrics.listen {
+            let _ = writeln!(s, "metrics: GET /metrics on {l}");
+        }
         if self.pools.is_empty() {
             let _ = writeln!(s, "no pools");
         }

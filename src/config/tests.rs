@@ -632,6 +632,7 @@ fn the_parser_knows_every_key_of_the_schema() {
             (_, "syslog" | "enabled" | "subreaper" | "upgrade_check") => "true",
             (Section::MasterProcess, "upgrade_check_timeout") => "\"30s\"",
             (Section::MasterProcess, "reexec_as") => "\"/usr/local/bin/einhyrningsins\"",
+            (Section::Metrics, "listen") => "\"127.0.0.1:9464\"",
             (Section::Pool, "command") => "[\"./w\"]",
             (Section::Pool, "count" | "retries" | "max_unacked" | "max_surge" | "canary") => "2",
             (Section::Pool, "max_rss") => "\"512MiB\"",

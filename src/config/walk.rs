@@ -79,7 +79,7 @@ impl Config {
 
 type Val<'i> = Spanned<DeValue<'i>>;
 
-const TOP_KEYS: &[&str] = &["control", "log", "watch", "master", "pools"];
+const TOP_KEYS: &[&str] = &["control", "log", "watch", "master", "metrics", "pools"];
 
 struct Walker<'a> {
     text: &'a str,
@@ -307,6 +307,7 @@ impl Walker<'_> {
                 "log" => self.log(v, &mut cfg.log),
                 "watch" => self.watch(v, &mut cfg.watch),
                 "master" => self.master(v, &mut cfg.master),
+                "metrics" => self.metrics(v, &mut cfg.metrics),
                 "pools" => self.pools(v, &mut cfg.pools),
                 _ => self.unknown("", name, k.span(), TOP_KEYS),
             }
@@ -467,6 +468,32 @@ impl Walker<'_> {
                     &name,
                     kspan,
                     &schema::names_of(schema::Section::MasterProcess),
+                ),
+            }
+        }
+    }
+
+    fn metrics(&mut self, v: &Val<'_>, out: &mut MetricsConfig) {
+        let Some(entries) = self.table("metrics", v) else {
+            return;
+        };
+        for (name, kspan, v) in entries {
+            let key = format!("metrics.{name}");
+            self.note(&key, v.span());
+            match name.as_str() {
+                "listen" => {
+                    if let Some(s) = self.string(&key, v) {
+                        match MetricsListen::parse(&s) {
+                            Ok(l) => out.listen = Some(l),
+                            Err(e) => self.error(&key, v.span(), e),
+                        }
+                    }
+                }
+                _ => self.unknown(
+                    "metrics",
+                    &name,
+                    kspan,
+                    &schema::names_of(schema::Section::Metrics),
                 ),
             }
         }

@@ -88,6 +88,13 @@ impl Master {
                     outcome,
                 } => {
                     let finished = outcome.as_ref().map(Result::is_ok);
+                    if outcome.is_none() {
+                        // The final step is the pool's upgrade_done/abandoned event.
+                        self.master_event(
+                            "upgrade_progress",
+                            serde_json::json!({"pool": name, "upgrade": upgrade, "message": message}),
+                        );
+                    }
                     self.progress(name, upgrade, message, outcome);
                     if let Some(ok) = finished {
                         self.settle_sockets(name, ok);
@@ -102,6 +109,7 @@ impl Master {
                         }
                         self.pools.remove(name);
                         self.releases.forget_pool(name);
+                        self.counters.pool_gone(name);
                         self.dirty.remove(name);
                         return;
                     }

@@ -43,6 +43,7 @@ impl Master {
             Ok(r) => r,
             Err(f) => {
                 log::warn!("control: unparsable request: {}", f.error);
+                self.counters.control_request("unknown");
                 let reply = Reply::failure(format!("Could not parse command: {}", f.error), None);
                 self.reply(conn, &reply, f.encoding);
                 return;
@@ -50,6 +51,10 @@ impl Master {
         };
         let (id, enc) = (req.id.clone(), req.encoding);
         let parsed = Command::parse(&req, |p| self.pools.contains_key(p));
+        self.counters.control_request(match &parsed {
+            Ok(p) => p.command.name(),
+            Err(_) => "unknown",
+        });
         let outcome = match parsed {
             Ok(parsed) => {
                 log::debug!(
@@ -113,6 +118,7 @@ impl Master {
                 }
             }
             Command::Events { follow: false } => Outcome::Ok(self.events.recent()),
+            Command::Stats => Outcome::Ok(self.stats_json(pool)),
             Command::Events { follow: true } => {
                 self.follow_events(ReplyTo {
                     conn,

@@ -45,6 +45,9 @@ pub enum MasterError {
     /// A pool's user could not reach the control socket to ack.
     #[error("{0}")]
     Reach(String),
+    /// `[metrics] listen` cannot be had (address in use, ...).
+    #[error(transparent)]
+    Metrics(crate::metrics::http::MetricsError),
 }
 
 impl MasterError {
@@ -55,7 +58,8 @@ impl MasterError {
             MasterError::Bind { .. }
             | MasterError::Control(_)
             | MasterError::Identity(_)
-            | MasterError::Reach(_) => 2,
+            | MasterError::Reach(_)
+            | MasterError::Metrics(_) => 2,
             MasterError::Locked { .. }
             | MasterError::PidfileTaken { .. }
             | MasterError::Symlink { .. } => 2,

@@ -79,6 +79,7 @@ impl Master {
         };
         for ev in e.pool.take_events() {
             log_event(pool, &ev);
+            self.counters.pool_event(pool, &ev);
             let mut fields = pool_event_fields(&ev);
             fields.insert("pool".into(), Value::String(pool.to_string()));
             fields.insert("message".into(), Value::String(ev.to_string()));
@@ -88,6 +89,8 @@ impl Master {
 
     /// A master-level event (already logged by the caller).
     pub(super) fn master_event(&mut self, kind: &'static str, fields: Value) {
+        let target = fields.get("pool").and_then(Value::as_str);
+        self.counters.master_event(kind, target);
         let fields = match fields {
             Value::Object(m) => m,
             other => {
@@ -117,6 +120,7 @@ impl Master {
                     "events: dropping a follower that does not read ({} bytes queued)",
                     self.control.queued(f.conn)
                 );
+                self.counters.followers_dropped += 1;
                 self.control.set_busy(f.conn, false);
                 self.control.close(self.poll.registry(), f.conn);
                 continue;
@@ -128,6 +132,19 @@ impl Master {
         self.events.followers = kept;
         self.events.push(line);
     }
+}
+
+/// A reload's plan as the `reload_applied` event carries it.
+pub(super) fn diff_json(d: &crate::config::ConfigDiff) -> Value {
+    json!({
+        "added": d.added,
+        "removed": d.removed,
+        "scaled": d.scaled.iter().map(|(p, from, to)| json!({"pool": p, "from": from, "to": to})).collect::<Vec<_>>(),
+        "rolled": d.rolled.iter().map(|(p, keys)| json!({"pool": p, "keys": keys})).collect::<Vec<_>>(),
+        "retuned": d.retuned,
+        "unchanged": d.unchanged,
+        "global": d.global,
+    })
 }
 
 fn log_event(pool: &str, ev: &PoolEvent) {

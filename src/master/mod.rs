@@ -23,6 +23,7 @@
 //! - `notify`: the workers' notify socket; `service`: the master's own sd_notify;
 //! - `reexec`: the master upgrading itself in place (state out, exec, state in);
 //! - `releases`: what each version ran (for `rollback`); `events`: the event log;
+//! - `metrics`: the `/metrics` listener, the scrape snapshot and `stats`;
 //! - `startup`: lockfile, pidfile, process name; `error`: typed errors.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -50,6 +51,7 @@ mod commands;
 mod error;
 mod events;
 mod identities;
+mod metrics;
 mod notify;
 mod phase;
 mod pools;
@@ -110,6 +112,8 @@ enum Deadline {
     RssSample(String),
     /// The new binary's check before a re-exec took too long.
     ReexecCheck,
+    /// A scrape connection's idle deadline (armed only while one is open).
+    MetricsIdle,
 }
 
 /// A worker a pool asked for, waiting for its fork.
@@ -233,6 +237,10 @@ struct Master {
     resumed_for: Option<ReplyTo>,
     /// The pools' users, groups and limits, resolved.
     identities: identities::Identities,
+    /// What happened since the start, for `/metrics` (src/metrics/).
+    counters: crate::metrics::Counters,
+    /// `[metrics] listen`: the scrape listener and its connections.
+    metrics: Option<crate::metrics::http::MetricsServer>,
 }
 
 impl Master {
@@ -283,6 +291,7 @@ impl Master {
         control
             .register(poll.registry(), Source::Control.token())
             .map_err(MasterError::Poll)?;
+        let metrics = Master::bind_metrics(&config, &poll).map_err(MasterError::Metrics)?;
         if let Some(name) = &config.master.command_name {
             startup::set_process_name(name);
         }
@@ -319,6 +328,8 @@ impl Master {
             reexec: None,
             resumed_for: None,
             identities,
+            counters: crate::metrics::Counters::default(),
+            metrics,
         })
     }
 
@@ -369,6 +380,8 @@ impl Master {
                     Some(Source::Watch) => self.on_watch_events(),
                     Some(Source::Control) => self.accept_clients(),
                     Some(Source::WorkerNotify) => self.on_worker_notify(),
+                    Some(Source::Metrics) => self.accept_scrapers(),
+                    Some(Source::Scrape(id)) => self.on_scrape_event(id),
                     Some(Source::Conn(id)) => self.on_conn_event(
                         id,
                         ev.is_readable() || ev.is_read_closed(),
@@ -391,6 +404,7 @@ impl Master {
                     Deadline::RssSample(name) => self.sample_rss(&name, now),
                     Deadline::AcceptRetry => self.accept_clients(),
                     Deadline::ReexecCheck => self.reexec_check_timeout(),
+                    Deadline::MetricsIdle => self.metrics_due(now),
                 }
             }
             self.serve_clients();

@@ -173,6 +173,13 @@ pub(crate) struct MasterState {
     /// `reexec --upgrade`: roll every pool once resumed.
     #[serde(default)]
     then_upgrade: bool,
+    /// The metrics counters (absent from a format-1 state written before
+    /// them: they start at zero).
+    #[serde(default)]
+    counters: crate::metrics::Counters,
+    /// The metrics listener's fd (kept, so a `:0` port stays the same).
+    #[serde(default)]
+    metrics_fd: Option<RawFd>,
 }
 
 /// Why a state document cannot be used.
@@ -363,6 +370,14 @@ impl Master {
         upgrade: bool,
     ) -> Result<(), RuntimeError> {
         let program = self.reexec_program()?;
+        self.master_event(
+            "reexec_started",
+            serde_json::json!({
+                "program": program.join(" "),
+                "check": self.config.master.upgrade_check,
+                "message": format!("re-exec of {} started", program.join(" ")),
+            }),
+        );
         if !self.config.master.upgrade_check {
             log::info!(
                 "reexec: no upgrade check (upgrade_check = false); exec'ing {}",
@@ -654,6 +669,9 @@ impl Master {
         if let Some(n) = &self.notify_ack {
             fds.push(n.parts().fd);
         }
+        if let Some(m) = &self.metrics {
+            fds.push(m.listener_fd());
+        }
         fds.extend(self._files.parts().0);
         fds
     }
@@ -710,6 +728,8 @@ impl Master {
             sd_ready_sent: self.sd.ready_sent(),
             requester,
             then_upgrade,
+            counters: self.counters.clone(),
+            metrics_fd: self.metrics.as_ref().map(|m| m.listener_fd()),
         }
     }
 }
@@ -892,7 +912,34 @@ impl Master {
             reexec: None,
             resumed_for: st.requester,
             identities: super::identities::Identities::default(),
+            counters: st.counters,
+            metrics: None,
         };
+        // The listener was kept (scrapes during the exec wait in its backlog);
+        // its connections were not (they see EOF). A state without it (the
+        // listener was off) binds what the config asks, if anything.
+        let adopted = match (st.metrics_fd, &m.config.metrics.listen) {
+            (Some(fd), Some(addr)) => {
+                // SAFETY: the previous image kept this fd for us (fds_to_keep).
+                let mut l =
+                    unsafe { crate::metrics::http::MetricsServer::from_listener_fd(fd, addr) };
+                match l.register(m.poll.registry(), Source::Metrics.token()) {
+                    Ok(()) => Some(l),
+                    Err(e) => {
+                        log::error!("after re-exec: metrics listener: {e}");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        match adopted {
+            Some(l) => m.metrics = Some(l),
+            None => match Master::bind_metrics(&m.config, &m.poll) {
+                Ok(l) => m.metrics = l,
+                Err(e) => log::error!("after re-exec: {e}; metrics are off until a restart"),
+            },
+        }
         // Resolved again: the new binary applies them (a user gone since is
         // reported, and its spawns fail with the reason).
         m.identities = super::identities::Identities::load(&m.config).unwrap_or_else(|problems| {

@@ -25,6 +25,8 @@ pub(super) struct Reloaded {
     pub summary: String,
     /// Pools the reload rolled (a HUP does not roll them a second time).
     pub rolled: Vec<String>,
+    /// The plan, for the `reload_applied` event.
+    pub diff: serde_json::Value,
 }
 
 /// Where one socket of a rebinding pool comes from.
@@ -90,7 +92,9 @@ impl Master {
             },
         });
         let event = match &result {
-            Ok(r) => serde_json::json!({"trigger": trigger, "ok": true, "message": r.summary}),
+            Ok(r) => serde_json::json!({
+                "trigger": trigger, "ok": true, "message": r.summary, "diff": r.diff,
+            }),
             Err(e) => {
                 serde_json::json!({"trigger": trigger, "ok": false, "message": e.to_string()})
             }
@@ -151,6 +155,7 @@ impl Master {
         Ok(Reloaded {
             summary: format!("Reloaded {}: {}", path.display(), plan.summary()),
             rolled,
+            diff: super::events::diff_json(&plan),
         })
     }
 
@@ -177,6 +182,12 @@ impl Master {
         }
         new.control = self.config.control.clone();
         new.master = master;
+        // The listener is held as started (src/master/metrics.rs), like the
+        // control socket.
+        if new.metrics != self.config.metrics {
+            log::warn!("reload: [metrics] changes need a restart; kept as running");
+            new.metrics = self.config.metrics.clone();
+        }
         Ok(new)
     }
 

@@ -4,6 +4,7 @@
 use mio::Token;
 
 use crate::control::server::{ConnId, CONN_BASE};
+use crate::metrics::http::MetricsServer;
 
 /// Everything registered on the master's poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +17,10 @@ pub enum Source {
     Watch,
     /// The workers' NOTIFY_SOCKET (`ack = "notify"`).
     WorkerNotify,
+    /// The metrics listener (`[metrics] listen`).
+    Metrics,
+    /// A scrape connection (ids from [`crate::metrics::http::CONN_BASE`]).
+    Scrape(usize),
     /// A control connection (ids are handed out by the control server, from
     /// [`CONN_BASE`] up).
     Conn(ConnId),
@@ -28,6 +33,8 @@ impl Source {
             Source::Control => 1,
             Source::Watch => 2,
             Source::WorkerNotify => 3,
+            Source::Metrics => 4,
+            Source::Scrape(id) => id,
             Source::Conn(id) => id,
         })
     }
@@ -38,6 +45,8 @@ impl Source {
             1 => Some(Source::Control),
             2 => Some(Source::Watch),
             3 => Some(Source::WorkerNotify),
+            4 => Some(Source::Metrics),
+            t if MetricsServer::is_conn(t) => Some(Source::Scrape(t)),
             t if t >= CONN_BASE => Some(Source::Conn(t)),
             _ => None,
         }
@@ -55,12 +64,21 @@ mod tests {
             Source::Control,
             Source::Watch,
             Source::WorkerNotify,
+            Source::Metrics,
+            Source::Scrape(crate::metrics::http::CONN_BASE),
+            Source::Scrape(crate::metrics::http::CONN_BASE + crate::metrics::http::MAX_CONNS - 1),
             Source::Conn(CONN_BASE),
             Source::Conn(CONN_BASE + 12345),
         ] {
             assert_eq!(Source::of(s.token()), Some(s));
         }
-        assert_eq!(Source::of(Token(4)), None);
+        assert_eq!(Source::of(Token(5)), None);
+        assert_eq!(
+            Source::of(Token(
+                crate::metrics::http::CONN_BASE + crate::metrics::http::MAX_CONNS
+            )),
+            None
+        );
         assert_eq!(Source::of(Token(CONN_BASE - 1)), None);
     }
 }

@@ -192,6 +192,11 @@ impl PoolEvent {
             PoolEvent::AckTimeout { .. } => "ack_timeout",
             PoolEvent::WatchdogMissed { .. } => "watchdog_missed",
             PoolEvent::WorkerStopping { .. } => "worker_stopping",
+            // Replaced by a newer version: what hooks most often want apart.
+            PoolEvent::Stopping {
+                reason: StopReason::Retired,
+                ..
+            } => "retired",
             PoolEvent::Stopping { .. } => "stopping",
             PoolEvent::StopTimeout { .. } => "killed",
             PoolEvent::Exited { .. } => "exited",
@@ -203,7 +208,7 @@ impl PoolEvent {
             PoolEvent::UpgradeStarted { .. } => "upgrade_started",
             PoolEvent::UpgradeSuperseded { .. } => "upgrade_superseded",
             PoolEvent::UpgradeDone { .. } => "upgrade_done",
-            PoolEvent::UpgradeFailed { .. } => "upgrade_failed",
+            PoolEvent::UpgradeFailed { .. } => "upgrade_abandoned",
             PoolEvent::Stopped => "stopped",
             PoolEvent::CanaryHolding { .. } => "canary_holding",
             PoolEvent::CanaryPromoted { .. } => "canary_promoted",

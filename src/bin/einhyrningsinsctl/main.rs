@@ -8,6 +8,7 @@
 
 mod conn;
 mod shell;
+mod top;
 mod words;
 
 use std::io::{self, Write};
@@ -43,6 +44,10 @@ EXAMPLES:
         Give up (exit 4) if the fleet upgrade has not finished in 10 minutes.
     einhyrningsinsctl -- signal -USR1
         `--` ends the options, so an argument may start with a dash.
+    einhyrningsinsctl top --pool web
+        Live view of pools and workers (state, version, age, RSS, CPU,
+        restarts), refreshed every second; `q` quits. `top 250ms` refreshes
+        faster. Needs a terminal; no metrics listener.
     einhyrningsinsctl
         Interactive shell (history, tab completion of command names).
     printf 'pool web\\ninc\\nstatus\\n' | einhyrningsinsctl
@@ -228,6 +233,10 @@ fn main() -> ExitCode {
         Some(cmd) if cmd.trim().is_empty() => {
             eprintln!("einhyrningsinsctl: the command is empty (try --help)");
             ExitCode::from(2)
+        }
+        // A view of the master, not one of its commands (src/bin/einhyrningsinsctl/top.rs).
+        Some(cmd) if cmd == "top" => {
+            ExitCode::from(top::run(&settings, cli.pool.as_deref(), &words))
         }
         Some(cmd) if canary.is_some() && cmd != "upgrade" => {
             eprintln!("einhyrningsinsctl: --canary goes with `upgrade` only");

@@ -191,6 +191,13 @@ pub const COMMANDS: &[CommandSpec] = &[
         Scope::Global,
         "recent lifecycle events as JSON lines; with -f, follow them as they happen",
     )),
+    spec(
+        "stats",
+        "",
+        Scope::PoolOrAll,
+        "pools and workers with RSS and CPU read from /proc now, as one JSON document \
+         (what `einhyrningsinsctl top` shows)",
+    ),
     spec("version", "", Scope::Global, "master version"),
     spec("louder", "", Scope::Global, "more verbose logging"),
     spec("quieter", "", Scope::Global, "less verbose logging"),
@@ -259,6 +266,8 @@ pub enum Command {
     Events {
         follow: bool,
     },
+    /// Pools and workers with their RSS and CPU, as JSON.
+    Stats,
     Version,
     Louder,
     Quieter,
@@ -344,6 +353,7 @@ impl Command {
             "help" => Command::Help,
             "check" => Command::Check,
             "status" => none(args).map(|()| Command::Status)?,
+            "stats" => none(args).map(|()| Command::Stats)?,
             "state" => none(args).map(|()| Command::State)?,
             "inc" => none(args).map(|()| Command::Inc)?,
             "dec" => none(args).map(|()| Command::Dec)?,
@@ -447,6 +457,7 @@ impl Command {
             Command::Reload => "reload",
             Command::Reexec { .. } => "reexec",
             Command::Events { .. } => "events",
+            Command::Stats => "stats",
             Command::Version => "version",
             Command::Louder => "louder",
             Command::Quieter => "quieter",

@@ -14,6 +14,7 @@ pub mod http;
 pub mod load;
 pub mod master;
 pub mod procs;
+pub mod prom;
 pub mod rolls;
 pub mod state;
 pub mod tempdir;
