@@ -23,6 +23,7 @@ mod control;
 mod identity;
 mod log;
 mod master;
+mod output;
 mod pool;
 mod procfs;
 mod spawn;

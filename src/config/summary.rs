@@ -29,6 +29,14 @@ impl Config {
                 "off".to_string()
             }
         );
+        if let Some(f) = &self.log.file {
+            let _ = writeln!(
+                s,
+                "log file: {} ({})",
+                f.display(),
+                output::describe_rotation(self.log.max_bytes, self.log.backups)
+            );
+        }
         if self.pools.is_empty() {
             let _ = writeln!(s, "no pools");
         }
@@ -88,6 +96,9 @@ impl Config {
             );
             if !p.identity.is_empty() {
                 let _ = writeln!(s, "  runs as:  {}", p.identity.describe());
+            }
+            if !p.output.is_default() {
+                let _ = writeln!(s, "  output:   {}", p.output.describe());
             }
         }
         s

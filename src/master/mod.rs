@@ -23,7 +23,8 @@
 //! - `notify`: the workers' notify socket; `service`: the master's own sd_notify;
 //! - `reexec`: the master upgrading itself in place (state out, exec, state in);
 //! - `releases`: what each version ran (for `rollback`); `events`: the event log;
-//! - `startup`: lockfile, pidfile, process name; `error`: typed errors.
+//! - `startup`: lockfile, pidfile, process name; `error`: typed errors;
+//! - `output`: workers' captured stdout/stderr, `logs`, `reopen_logs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
@@ -51,6 +52,7 @@ mod error;
 mod events;
 mod identities;
 mod notify;
+mod output;
 mod phase;
 mod pools;
 mod reexec;
@@ -77,7 +79,7 @@ use waiters::Waiters;
 const SPAWN_BATCH: usize = 64;
 
 /// The signals the master handles (also blocked across a re-exec).
-const HANDLED_SIGNALS: [i32; 8] = [
+const HANDLED_SIGNALS: [i32; 9] = [
     sigs::SIGHUP,
     sigs::SIGINT,
     sigs::SIGTERM,
@@ -86,6 +88,7 @@ const HANDLED_SIGNALS: [i32; 8] = [
     sigs::SIGTTIN,
     sigs::SIGTTOU,
     sigs::SIGCHLD,
+    sigs::SIGUSR1,
 ];
 
 /// Who wanted a watched file: a change rolls that pool, or reloads the config.
@@ -233,6 +236,8 @@ struct Master {
     resumed_for: Option<ReplyTo>,
     /// The pools' users, groups and limits, resolved.
     identities: identities::Identities,
+    /// Captured worker output: pipes, files, rings, `logs -f` followers.
+    capture: output::Capture,
 }
 
 impl Master {
@@ -319,6 +324,7 @@ impl Master {
             reexec: None,
             resumed_for: None,
             identities,
+            capture: output::Capture::default(),
         })
     }
 
@@ -352,7 +358,10 @@ impl Master {
             if self.phase.may_exit(self.pools.len()) {
                 break;
             }
-            let timeout = if self.spawn_queue.is_empty() && !self.control.has_ready() {
+            let timeout = if self.spawn_queue.is_empty()
+                && !self.control.has_ready()
+                && !self.capture.has_ready()
+            {
                 self.timers.poll_timeout(Instant::now())
             } else {
                 Some(Duration::ZERO)
@@ -374,6 +383,7 @@ impl Master {
                         ev.is_readable() || ev.is_read_closed(),
                         ev.is_writable(),
                     ),
+                    Some(Source::Output(id)) => self.on_output(id),
                     None => {}
                 }
             }
@@ -394,6 +404,7 @@ impl Master {
                 }
             }
             self.serve_clients();
+            self.serve_output();
             self.run_spawns(SPAWN_BATCH);
         }
         log::info!("einhyrningsins (pid {}) exiting", self.pid);
@@ -428,7 +439,10 @@ impl Master {
     /// Whether something still streams to `conn` (an upgrade it waits for,
     /// the events it follows, the re-exec it asked for): it stays open.
     fn streams_to(&self, conn: ConnId) -> bool {
-        self.waiters.any(|w| w.conn == conn) || self.follows(conn) || self.reexec_requested_by(conn)
+        self.waiters.any(|w| w.conn == conn)
+            || self.follows(conn)
+            || self.follows_logs(conn)
+            || self.reexec_requested_by(conn)
     }
 
     /// Find the pool of a worker pid.

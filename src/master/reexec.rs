@@ -173,6 +173,10 @@ pub(crate) struct MasterState {
     /// `reexec --upgrade`: roll every pool once resumed.
     #[serde(default)]
     then_upgrade: bool,
+    /// Captured worker output: the pipes (kept open across the exec), the
+    /// rings and the `logs -f` followers.
+    #[serde(default)]
+    output: super::output::CaptureParts,
 }
 
 /// Why a state document cannot be used.
@@ -655,6 +659,7 @@ impl Master {
             fds.push(n.parts().fd);
         }
         fds.extend(self._files.parts().0);
+        fds.extend(self.capture.raw_fds());
         fds
     }
 
@@ -710,6 +715,7 @@ impl Master {
             sd_ready_sent: self.sd.ready_sent(),
             requester,
             then_upgrade,
+            output: self.capture.parts(),
         }
     }
 }
@@ -838,6 +844,7 @@ impl Master {
             None => None,
         };
         let files = unsafe { startup::Files::from_parts(st.lock_fd, st.pidfile) };
+        let capture = unsafe { super::output::Capture::from_parts(st.output, poll.registry()) };
         let (mut sd, sd_link) = crate::systemd::service::from_env();
         sd.resume_ready(st.sd_ready_sent);
         if let Some(name) = &st.config.master.command_name {
@@ -892,6 +899,7 @@ impl Master {
             reexec: None,
             resumed_for: st.requester,
             identities: super::identities::Identities::default(),
+            capture,
         };
         // Resolved again: the new binary applies them (a user gone since is
         // reported, and its spawns fail with the reason).

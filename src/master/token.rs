@@ -17,9 +17,14 @@ pub enum Source {
     /// The workers' NOTIFY_SOCKET (`ack = "notify"`).
     WorkerNotify,
     /// A control connection (ids are handed out by the control server, from
-    /// [`CONN_BASE`] up).
+    /// [`CONN_BASE`] up, below [`OUTPUT_BASE`]).
     Conn(ConnId),
+    /// A worker's captured stdout or stderr (src/master/output.rs).
+    Output(usize),
 }
+
+/// Output pipes' tokens start here, far above any connection id.
+pub const OUTPUT_BASE: usize = usize::MAX / 2;
 
 impl Source {
     pub fn token(self) -> Token {
@@ -29,6 +34,7 @@ impl Source {
             Source::Watch => 2,
             Source::WorkerNotify => 3,
             Source::Conn(id) => id,
+            Source::Output(id) => OUTPUT_BASE.saturating_add(id),
         })
     }
 
@@ -38,6 +44,7 @@ impl Source {
             1 => Some(Source::Control),
             2 => Some(Source::Watch),
             3 => Some(Source::WorkerNotify),
+            t if t >= OUTPUT_BASE => Some(Source::Output(t - OUTPUT_BASE)),
             t if t >= CONN_BASE => Some(Source::Conn(t)),
             _ => None,
         }
@@ -57,6 +64,8 @@ mod tests {
             Source::WorkerNotify,
             Source::Conn(CONN_BASE),
             Source::Conn(CONN_BASE + 12345),
+            Source::Output(0),
+            Source::Output(77),
         ] {
             assert_eq!(Source::of(s.token()), Some(s));
         }

@@ -20,6 +20,7 @@ mod einhorn_wire_ruby;
 mod example_workers;
 mod harness;
 mod identity;
+mod output;
 mod pools_and_cli;
 mod reexec;
 mod reload;
