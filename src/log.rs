@@ -120,15 +120,55 @@ fn emit(line: &str, cut: bool) -> bool {
     std::io::stderr().lock().write_all(buf.as_bytes()).is_ok()
 }
 
-/// A worker's line (`stdout`/`stderr = "log"`), attributed:
-/// `TIME INFO  pool web[0] pid 42 stdout: text`. Returns false if dropped.
-pub fn worker_line(pool: &str, index: u32, pid: i32, stream: &str, text: &str, cut: bool) -> bool {
-    let line = format!(
-        "{} INFO  pool {pool}[{index}] pid {pid} {stream}: {}",
-        humantime::format_rfc3339_millis(SystemTime::now()),
-        Escaped(text)
+/// Most bytes of worker lines written at once: a block of whole lines no
+/// longer than PIPE_BUF is written atomically even to a pipe shared with
+/// other writers (workers with `"inherit"`, a journal), so lines stay whole;
+/// a longer line is written alone.
+pub const WORKER_BLOCK: usize = 4096;
+
+/// Append a worker's line (`stdout`/`stderr = "log"`), attributed, with its
+/// newline: `TIME INFO  pool web[0] pid 42 stdout: text`. `ts` is the time
+/// the line was read, formatted once per read.
+#[allow(clippy::too_many_arguments)]
+pub fn format_worker_line(
+    out: &mut String,
+    ts: &str,
+    pool: &str,
+    index: u32,
+    pid: i32,
+    stream: &str,
+    text: &str,
+    cut: bool,
+) {
+    let _ = writeln!(
+        out,
+        "{ts} INFO  pool {pool}[{index}] pid {pid} {stream}: {}{}",
+        Escaped(text),
+        if cut { " [cut]" } else { "" }
     );
-    emit(&line, cut)
+}
+
+/// The time stamp of log lines, now.
+pub fn timestamp() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Write a block of whole worker lines (see [`WORKER_BLOCK`]) with one
+/// write(2), to the log file or stderr. Returns false if it was dropped.
+pub fn write_worker_block(block: &str, lines: u64) -> bool {
+    if block.is_empty() {
+        return true;
+    }
+    let now = Instant::now();
+    if let Some(f) = log_file().as_mut() {
+        let before = f.stats.dropped;
+        f.push_block(block.as_bytes(), lines, now);
+        f.flush(now);
+        if f.stats.dropped == before {
+            return true;
+        }
+    }
+    std::io::stderr().lock().write_all(block.as_bytes()).is_ok()
 }
 
 /// `reopen_logs`, SIGUSR1: the log file is opened again by its path.

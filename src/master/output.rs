@@ -4,14 +4,16 @@
 //!
 //! Capture never hurts the master:
 //! - a pipe's end is non-blocking and read only at the end of a turn
-//!   ([`Master::serve_output`]), at most [`PIPE_BUDGET`] bytes per pipe and
-//!   [`TURN_BUDGET`] in all per turn, so a worker writing as fast as it can
+//!   ([`Master::serve_output`]), at most [`PIPE_BUDGET`] bytes per pipe,
+//!   [`TURN_BUDGET`] in all and [`TURN_TIME`] of work per turn (read in
+//!   [`READ_CHUNK`]s, the clock checked between them), so a worker writing as
+//!   fast as it can
 //!   delays the acks and clients of other pools by one bounded turn at most.
 //!   mio is edge-triggered: a pipe left before `WouldBlock` stays in the
 //!   ready queue and the loop polls without sleeping until it is drained;
 //! - memory is bounded: a partial line is at most 16 KiB
 //!   (src/output/lines.rs), the rings by lines and bytes
-//!   (src/output/ring.rs), a follower's queue by `FOLLOWER_QUEUE`;
+//!   (src/output/ring.rs), a follower's queue by [`LOG_FOLLOWER_QUEUE`];
 //! - a sink that fails (full disk, unwritable file) drops lines and counts
 //!   them; reading goes on, so a worker never blocks on a full pipe because
 //!   of a sink.
@@ -44,6 +46,15 @@ use crate::spawn::ChildOut;
 pub(super) const PIPE_BUDGET: usize = 64 * 1024;
 /// Bytes read from all pipes per loop turn.
 pub(super) const TURN_BUDGET: usize = 256 * 1024;
+/// Time spent on output per loop turn (checked between chunks): what a
+/// control request or an ack may wait for behind a fast writer.
+pub(super) const TURN_TIME: std::time::Duration = std::time::Duration::from_micros(200);
+/// One read(2).
+const READ_CHUNK: usize = 8 * 1024;
+/// Bytes of lines queued for a `logs -f` follower beyond which it is
+/// dropped (a turn reads at most TURN_BUDGET, rendered somewhat longer: a
+/// follower that keeps up never comes near it).
+pub(super) const LOG_FOLLOWER_QUEUE: usize = 1024 * 1024;
 /// Bytes drained from an exited worker's pipe at once.
 const EXIT_DRAIN: usize = 4 * 1024 * 1024;
 
@@ -101,6 +112,25 @@ struct Sinks {
     seq: u64,
     /// Which pools write each file (for `status`).
     file_pools: HashMap<PathBuf, std::collections::BTreeSet<String>>,
+    /// "log" lines not written yet (at most [`crate::log::WORKER_BLOCK`]),
+    /// and how many of them each pool has.
+    log_block: String,
+    log_pools: HashMap<String, u64>,
+}
+
+/// When lines were read: unix milliseconds and the log's time stamp.
+struct Stamp {
+    ms: u64,
+    text: String,
+}
+
+impl Stamp {
+    fn now() -> Stamp {
+        Stamp {
+            ms: unix_ms(),
+            text: crate::log::timestamp(),
+        }
+    }
 }
 
 /// The master's capture of worker output.
@@ -153,7 +183,8 @@ pub(super) struct CaptureParts {
 }
 
 impl Sinks {
-    fn line(&mut self, p: &Pipe, line: &[u8], cut: bool, now: Instant, at_ms: u64) {
+    fn line(&mut self, p: &Pipe, line: &[u8], cut: bool, now: Instant, at: &Stamp) {
+        let at_ms = at.ms;
         let text = String::from_utf8_lossy(line);
         let text = text.strip_suffix('\r').unwrap_or(&text);
         let counts = self.counts.entry(p.pool.clone()).or_default();
@@ -164,8 +195,25 @@ impl Sinks {
         }
         match &p.sink {
             PipeSink::Log => {
-                if !crate::log::worker_line(&p.pool, p.index, p.pid, p.stream.as_str(), text, cut) {
-                    counts.dropped += 1;
+                // Whole lines, batched up to PIPE_BUF per write (src/log.rs).
+                let before = self.log_block.len();
+                if before > 0 && before + line.len() + 64 + p.pool.len() > crate::log::WORKER_BLOCK
+                {
+                    self.flush_log();
+                }
+                crate::log::format_worker_line(
+                    &mut self.log_block,
+                    &at.text,
+                    &p.pool,
+                    p.index,
+                    p.pid,
+                    p.stream.as_str(),
+                    text,
+                    cut,
+                );
+                *self.log_pools.entry(p.pool.clone()).or_default() += 1;
+                if self.log_block.len() >= crate::log::WORKER_BLOCK {
+                    self.flush_log();
                 }
             }
             PipeSink::File {
@@ -196,7 +244,7 @@ impl Sinks {
                 let r = rendered.get_or_insert_with(|| entry.render(&p.pool));
                 // Past the follower's queue limit the batch is not grown: the
                 // follower is dropped when it is sent (see `send_batches`).
-                if f.batch.len() <= super::events::FOLLOWER_QUEUE {
+                if f.batch.len() <= LOG_FOLLOWER_QUEUE {
                     f.batch.push_str(r);
                     f.batch.push('\n');
                 }
@@ -205,7 +253,25 @@ impl Sinks {
         self.rings.entry(p.pool.clone()).or_default().push(entry);
     }
 
-    fn flush_files(&mut self, now: Instant) {
+    /// Write the pending block of "log" lines; if it is dropped, each
+    /// pool's lines in it count as dropped.
+    fn flush_log(&mut self) {
+        if self.log_block.is_empty() {
+            return;
+        }
+        let n = self.log_pools.values().sum();
+        if !crate::log::write_worker_block(&self.log_block, n) {
+            for (pool, k) in &self.log_pools {
+                self.counts.entry(pool.clone()).or_default().dropped += k;
+            }
+        }
+        self.log_block.clear();
+        self.log_pools.clear();
+    }
+
+    /// End of a turn (or a worker's exit): every buffered line is written.
+    fn flush_all(&mut self, now: Instant) {
+        self.flush_log();
         for f in self.files.values_mut() {
             f.flush(now);
         }
@@ -301,23 +367,30 @@ impl Capture {
         }
     }
 
-    /// Read up to `budget` bytes of pipe `id`; (bytes read, whether it may
-    /// have more). At EOF (or a read error) the pipe is closed.
-    fn read_pipe(&mut self, registry: &mio::Registry, id: usize, budget: usize) -> (usize, bool) {
+    /// Read up to `budget` bytes of pipe `id`, until `until` at the latest;
+    /// (bytes read, whether it may have more). At EOF (or a read error) the
+    /// pipe is closed.
+    fn read_pipe(
+        &mut self,
+        registry: &mio::Registry,
+        id: usize,
+        budget: usize,
+        until: Option<Instant>,
+    ) -> (usize, bool) {
         let Capture {
             pipes, sinks, buf, ..
         } = self;
         let Some(p) = pipes.get_mut(&id) else {
             return (0, false);
         };
-        if buf.len() < PIPE_BUDGET {
-            buf.resize(PIPE_BUDGET, 0);
+        if buf.len() < READ_CHUNK {
+            buf.resize(READ_CHUNK, 0);
         }
         let now = Instant::now();
-        let at_ms = unix_ms();
+        let at = Stamp::now();
         let mut total = 0;
         let eof = loop {
-            if total >= budget {
+            if total >= budget || (total > 0 && until.is_some_and(|t| Instant::now() >= t)) {
                 return (total, true);
             }
             let want = (budget - total).min(buf.len());
@@ -326,7 +399,7 @@ impl Capture {
                 Ok(n) => {
                     total += n;
                     let mut lines = std::mem::take(&mut p.lines);
-                    lines.feed(&buf[..n], &mut |l, cut| sinks.line(p, l, cut, now, at_ms));
+                    lines.feed(&buf[..n], &mut |l, cut| sinks.line(p, l, cut, now, &at));
                     p.lines = lines;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
@@ -344,7 +417,7 @@ impl Capture {
         };
         if eof {
             let mut lines = std::mem::take(&mut p.lines);
-            lines.flush(&mut |l, cut| sinks.line(p, l, cut, now, at_ms));
+            lines.flush(&mut |l, cut| sinks.line(p, l, cut, now, &at));
             let fd = p.file.as_raw_fd();
             let _ = registry.deregister(&mut SourceFd(&fd));
             pipes.remove(&id);
@@ -465,13 +538,14 @@ impl Master {
     /// the files, send followers their lines.
     pub(super) fn serve_output(&mut self) {
         let mut total = 0;
+        let until = Instant::now() + TURN_TIME;
         let registry = self.poll.registry();
         for _ in 0..self.capture.ready.len() {
             let Some(id) = self.capture.ready.pop_front() else {
                 break;
             };
             let budget = PIPE_BUDGET.min(TURN_BUDGET.saturating_sub(total)).max(1);
-            let (n, more) = self.capture.read_pipe(registry, id, budget);
+            let (n, more) = self.capture.read_pipe(registry, id, budget, Some(until));
             total += n;
             match self.capture.pipes.get_mut(&id) {
                 Some(p) if more => {
@@ -481,11 +555,11 @@ impl Master {
                 Some(p) => p.queued = false,
                 None => {}
             }
-            if total >= TURN_BUDGET {
+            if total >= TURN_BUDGET || Instant::now() >= until {
                 break;
             }
         }
-        self.capture.sinks.flush_files(Instant::now());
+        self.capture.sinks.flush_all(Instant::now());
         self.send_batches();
     }
 
@@ -504,16 +578,16 @@ impl Master {
         }
         let registry = self.poll.registry();
         for id in ids {
-            let _ = self.capture.read_pipe(registry, id, EXIT_DRAIN);
+            let _ = self.capture.read_pipe(registry, id, EXIT_DRAIN, None);
             let Capture { pipes, sinks, .. } = &mut self.capture;
             if let Some(p) = pipes.get_mut(&id) {
                 p.exited = true;
-                let (now, at_ms) = (Instant::now(), unix_ms());
+                let (now, at) = (Instant::now(), Stamp::now());
                 let mut lines = std::mem::take(&mut p.lines);
-                lines.flush(&mut |l, cut| sinks.line(p, l, cut, now, at_ms));
+                lines.flush(&mut |l, cut| sinks.line(p, l, cut, now, &at));
             }
         }
-        self.capture.sinks.flush_files(Instant::now());
+        self.capture.sinks.flush_all(Instant::now());
         self.send_batches();
     }
 
@@ -537,8 +611,8 @@ impl Master {
                 kept.push(f);
                 continue;
             }
-            let queued = self.control.queued(f.to.conn) + f.batch.len();
-            if queued > super::events::FOLLOWER_QUEUE {
+            let queued = self.control.queued(f.to.conn);
+            if queued > LOG_FOLLOWER_QUEUE || f.batch.len() > LOG_FOLLOWER_QUEUE {
                 log::warn!("logs: dropping a follower that does not read ({queued} bytes queued)");
                 let notice = Reply::failure(
                     "logs -f: dropped, this client did not keep up with the output".to_string(),

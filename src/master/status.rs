@@ -48,6 +48,19 @@ impl Master {
                 ago(now.saturating_duration_since(*at))
             );
         }
+        if let Some((path, f)) = crate::log::file_stats() {
+            let _ = writeln!(
+                s,
+                "log file {}: {} line(s), {} rotation(s), {} dropped{}",
+                path.display(),
+                f.lines,
+                f.rotations,
+                f.dropped,
+                f.last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" (last error: {e})"))
+            );
+        }
         for name in names {
             let Some(e) = self.pools.get(name) else {
                 continue;

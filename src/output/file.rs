@@ -98,6 +98,28 @@ impl RotatingFile {
         }
     }
 
+    /// Queue a block of whole lines, each with its newline (`lines` of them).
+    pub fn push_block(&mut self, block: &[u8], lines: u64, now: Instant) {
+        if self.file.is_none() && self.open(now).is_err() {
+            self.stats.dropped += lines;
+            return;
+        }
+        let size = self.size + self.pending.len() as u64;
+        if should_rotate(size, block.len() as u64, self.max_bytes) {
+            self.flush(now);
+            self.rotate(now);
+            if self.file.is_none() {
+                self.stats.dropped += lines;
+                return;
+            }
+        }
+        self.pending.extend_from_slice(block);
+        self.pending_lines += lines;
+        if self.pending.len() >= BUFFER {
+            self.flush(now);
+        }
+    }
+
     /// Write what is queued (one write(2) unless the kernel takes less).
     pub fn flush(&mut self, now: Instant) {
         if self.pending.is_empty() {
