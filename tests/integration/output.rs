@@ -322,3 +322,165 @@ fn output_keeps_arriving_after_a_reexec() {
     );
     assert_eq!(m.pids("t", "acked"), vec![pid]);
 }
+
+#[test]
+fn long_lines_are_cut_and_a_last_line_without_newline_is_flushed_at_exit() {
+    // 40000 bytes without a newline, then a newline; then a partial line and exit.
+    let pool = r#"
+[pools.c]
+command = ["/bin/sh", "-c", "head -c 40000 /dev/zero | tr '\\0' a; echo; printf 'bye-no-newline'; sleep 0.3"]
+count = 1
+ack_timer = "100ms"
+retries = 1
+stdout = "log"
+"#;
+    let m = MasterBuilder::config(&format!("{}{pool}", head())).start();
+    let log = m.wait_log("stdout: bye-no-newline", WAIT);
+    // The worker exits and is respawned: look at the first one only.
+    let bye = log
+        .lines()
+        .find(|l| l.contains("stdout: bye-no-newline"))
+        .unwrap();
+    let pid = bye
+        .split(" pid ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let mine = format!(" pid {pid} stdout: ");
+    let pieces: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&mine) && l.contains(": aaa"))
+        .collect();
+    assert_eq!(pieces.len(), 3, "16384 + 16384 + 7232 bytes");
+    assert!(pieces[0].ends_with(&format!("{} [cut]", "a".repeat(100))));
+    assert!(pieces[1].ends_with(" [cut]"));
+    assert!(pieces[2].ends_with(&format!(": {}", "a".repeat(7232))));
+    // The partial line comes before the news of the worker's exit.
+    let at = log.find(bye).unwrap();
+    let exited = format!("pid {pid}");
+    let before_exit = log[..at]
+        .lines()
+        .any(|l| l.contains(&exited) && l.contains("exit status"));
+    assert!(!before_exit, "{log}");
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains(&mine) && l.contains(": bye"))
+            .count(),
+        1
+    );
+    let cut = m.pool("c")["output"]["cut"].as_u64().unwrap_or(0);
+    assert!(cut >= 2 && cut % 2 == 0, "two cut pieces per run: {cut}");
+}
+
+#[test]
+fn capture_pipes_reach_no_other_process_and_workers_get_only_fds_0_1_2() {
+    let sleeper = |name: &str, extra: &str| {
+        format!(
+            r#"
+[pools.{name}]
+command = ["sleep", "3600"]
+count = 1
+ack_timer = "100ms"
+{extra}
+"#
+        )
+    };
+    let toml = format!(
+        "{}{}{}",
+        head(),
+        sleeper("cap", "stdout = \"log\"\nstderr = \"{dir}/cap.err\""),
+        sleeper("plain", "")
+    );
+    let m = MasterBuilder::config(&toml).start();
+    let cap = m.wait_acked("cap", 1)[0];
+    let plain = m.wait_acked("plain", 1)[0];
+    let fds = |pid: i32| -> BTreeMap<i32, String> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let n: i32 = e.file_name().to_string_lossy().parse().ok()?;
+                Some((
+                    n,
+                    std::fs::read_link(e.path())
+                        .ok()?
+                        .to_string_lossy()
+                        .into_owned(),
+                ))
+            })
+            .collect()
+    };
+    for pid in [cap, plain] {
+        let f = fds(pid);
+        assert_eq!(
+            f.keys().copied().collect::<Vec<_>>(),
+            [0, 1, 2],
+            "{pid}: {f:?}"
+        );
+    }
+    let f = fds(cap);
+    assert!(
+        f[&1].starts_with("pipe:") && f[&2].starts_with("pipe:"),
+        "{f:?}"
+    );
+    assert_ne!(f[&1], f[&2], "one pipe per stream");
+    assert!(!fds(plain)[&1].starts_with("pipe:") || fds(plain)[&1] != f[&1]);
+}
+
+#[test]
+fn changing_stdout_on_reload_rolls_the_pool() {
+    let m = MasterBuilder::config(&format!("{}{}", head(), ticking_pool("t", ""))).start();
+    let old = m.wait_acked("t", 1);
+    m.write_config(&format!(
+        "{}{}",
+        head(),
+        ticking_pool("t", "stdout = \"log\"")
+    ));
+    let (msg, err) = m.cmd("reload", &[], None);
+    assert!(!err && msg.contains("stdout"), "{msg}");
+    let new = m.wait_rolled("t", 2, 1, &old);
+    m.wait_log(&format!("] pid {} stdout: tick", new[0]), WAIT);
+}
+
+#[test]
+fn a_logs_follower_that_does_not_read_is_dropped_and_memory_stays_bounded() {
+    let pool = r#"
+[pools.y]
+command = ["yes", "a line written as fast as the pipe takes it"]
+count = 1
+ack_timer = "100ms"
+stop_signal = "TERM"
+stdout = "{dir}/y.log"
+output_max_bytes = "1MiB"
+output_backups = 0
+"#;
+    let m = MasterBuilder::config(&format!("{}{pool}", head())).start();
+    m.wait_acked("y", 1);
+    // A follower that asks and then never reads.
+    let mut s = UnixStream::connect(&m.sock).unwrap();
+    writeln!(
+        s,
+        "{}",
+        json!({"command": "logs", "args": ["-f"], "pool": "y"})
+    )
+    .unwrap();
+    m.wait_log("logs: dropping a follower that does not read", WAIT);
+    // The master still answers, and its memory did not follow the output.
+    let st = m.state();
+    assert!(
+        st["pools"]["y"]["output"]["lines"].as_u64().unwrap_or(0) > 10_000,
+        "{st}"
+    );
+    let pid = m.pid();
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(rss_kib < 64 * 1024, "master RSS {rss_kib} KiB");
+    assert!(std::fs::metadata(m.dir.join("y.log")).unwrap().len() <= 1024 * 1024);
+    drop(s);
+}
