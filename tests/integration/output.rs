@@ -484,3 +484,39 @@ output_backups = 0
     assert!(std::fs::metadata(m.dir.join("y.log")).unwrap().len() <= 1024 * 1024);
     drop(s);
 }
+
+#[test]
+fn the_masters_log_file_rotates_and_the_ctl_follows_logs() {
+    let toml = format!(
+        "{}[log]\nfile = \"{{dir}}/m.log\"\nmax_bytes = 4096\nbackups = 2\n{}",
+        head(),
+        ticking_pool("t", "stdout = \"log\"")
+    );
+    let m = MasterBuilder::config(&toml).start();
+    m.wait_acked("t", 1);
+    let p = |s: &str| m.dir.join(s);
+    wait_for("two rotations of the master's log", WAIT, || {
+        p("m.log.2").exists().then_some(())
+    });
+    for f in ["m.log", "m.log.1", "m.log.2"] {
+        let len = std::fs::metadata(p(f)).map(|x| x.len()).unwrap_or(0);
+        assert!(len <= 4096, "{f}: {len}");
+    }
+    assert!(!p("m.log.3").exists());
+    let (status, _) = m.cmd("status", &[], None);
+    assert!(
+        status.contains("log file ") && status.contains(" rotation(s), 0 dropped"),
+        "{status}"
+    );
+    // einhyrningsinsctl logs -f, given up after a while: what it printed.
+    let out = m.ctl(&["--timeout", "1s", "logs", "-f", "-n", "1", "--pool", "t"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let ticks = text
+        .lines()
+        .filter(|l| l.contains(" t[0] pid ") && l.contains(": tick"))
+        .count();
+    assert!(ticks >= 5, "the last line, then the new ones: {text}");
+    // -f and -n only go with logs (and events).
+    let out = m.ctl(&["-f", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+}
