@@ -104,6 +104,7 @@ impl Master {
                         }
                         self.pools.remove(name);
                         self.releases.forget_pool(name);
+                        self.capture.forget_pool(name);
                         self.dirty.remove(name);
                         return;
                     }

@@ -285,6 +285,13 @@ fn unix_ms() -> u64 {
 }
 
 impl Capture {
+    /// A pool is gone (removed, or the master stops): its ring and counters
+    /// go too, so renaming pools over and over cannot grow the master.
+    pub(super) fn forget_pool(&mut self, pool: &str) {
+        self.sinks.rings.remove(pool);
+        self.sinks.counts.remove(pool);
+    }
+
     pub(super) fn has_ready(&self) -> bool {
         !self.ready.is_empty()
     }
