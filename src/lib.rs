@@ -33,6 +33,9 @@ mod watch;
 
 #[cfg(test)]
 mod arch_tests;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 #[cfg(test)]
 mod testutil;
 

@@ -390,4 +390,6 @@ impl Config {
 }
 
 #[cfg(test)]
+pub(crate) mod props;
+#[cfg(test)]
 mod tests;

@@ -61,16 +61,17 @@ pub struct Pool {
     next_index: u32,
     upgrade: Option<Upgrade>,
     last_upgrade: Option<UpgradeOutcome>,
-    /// Consecutive deaths before ack (any ack resets it).
+    /// Consecutive deaths before ack in the whole pool (any ack resets it):
+    /// what `retries` counts and `status` shows. The delay itself is per slot.
     failures: u32,
-    /// Replacements owed for acked workers that died: spawned even while a
-    /// backoff or a give-up holds other respawns back.
-    owed: usize,
     /// Live workers marked for recycling (see src/pool/recycle.rs).
     recycling: BTreeSet<WorkerId>,
     /// The version a finished upgrade replaced: what `rollback` goes back to.
     previous: Option<(u64, Arc<PoolConfig>)>,
-    respawn_at: Option<Instant>,
+    /// Empty slots held back by a backoff, earliest first: a slot whose
+    /// worker died before it acked waits `respawn_delay × 1.5^(streak-1)`.
+    /// Every other empty slot is refilled at once.
+    held: Vec<Held>,
     /// Backoff last reported in the log: a crash loop of many workers repeats
     /// the same capped delay once per death, which says nothing new.
     logged_backoff: Option<Duration>,
@@ -101,10 +102,9 @@ impl Pool {
             upgrade: None,
             last_upgrade: None,
             failures: 0,
-            owed: 0,
             recycling: BTreeSet::new(),
             previous: None,
-            respawn_at: None,
+            held: Vec::new(),
             logged_backoff: None,
             gave_up: false,
             shutdown: None,
@@ -169,8 +169,9 @@ impl Pool {
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_some()
     }
+    /// When the next slot held back by a backoff may be refilled.
     pub fn respawn_at(&self) -> Option<Instant> {
-        self.respawn_at
+        self.held.first().map(|h| h.at)
     }
     pub fn failures(&self) -> u32 {
         self.failures
@@ -250,7 +251,7 @@ impl Pool {
                         error: e.clone(),
                         master_side: false,
                     });
-                    self.count_failure(&w, &format!("could not spawn: {e}"), now, &mut out);
+                    self.count_failure(&w, &format!("could not spawn: {e}"), true, now, &mut out);
                 }
             }
             Err(SpawnError::Resources(e)) => {
@@ -261,10 +262,8 @@ impl Pool {
                         error: e,
                         master_side: true,
                     });
-                    let retry = later(now, MASTER_RETRY);
-                    if self.respawn_at.is_none_or(|t| t < retry) {
-                        self.set_respawn_at(retry);
-                    }
+                    // The slot is retried soon, its streak unchanged.
+                    self.hold(later(now, MASTER_RETRY), w.streak);
                 }
             }
         }
@@ -432,7 +431,8 @@ impl Pool {
                 });
                 if *reason == StopReason::AckTimeout {
                     let cause = format!("pid {pid} did not ack within {:?}", w.spec.ack_timeout);
-                    self.count_failure(&w, &cause, now, &mut out);
+                    // Its slot was held when it was killed.
+                    self.count_failure(&w, &cause, false, now, &mut out);
                 } else if matches!(reason, StopReason::Watchdog | StopReason::Heartbeat)
                     && self.is_canary_version(w.version)
                 {
@@ -464,16 +464,14 @@ impl Pool {
                         .as_ref()
                         .is_some_and(|_| w.version == self.target.0);
                     if in_upgrade {
-                        self.count_failure(&w, &cause, now, &mut out);
-                    } else {
-                        // It served, so its version can start: replace it at
-                        // once. Backoff is for a version that cannot start; a
-                        // backoff (or give-up) held for other workers' crashes
-                        // does not hold this replacement back.
-                        self.owed = self.owed.saturating_add(1);
+                        self.count_failure(&w, &cause, true, now, &mut out);
                     }
+                    // Otherwise it served, so its version can start: its slot
+                    // is not held, and is refilled at once. Backoff is for a
+                    // version that cannot start; holds on other slots (or a
+                    // give-up) do not hold this replacement back.
                 } else {
-                    self.count_failure(&w, &cause, now, &mut out);
+                    self.count_failure(&w, &cause, true, now, &mut out);
                 }
             }
         }
@@ -605,7 +603,7 @@ impl Pool {
         self.gave_up = false;
         self.failures = 0;
         self.logged_backoff = None;
-        self.set_respawn_at_none();
+        self.clear_holds();
     }
 
     fn shutdown_signal(&self, id: WorkerId) -> Signal {
@@ -618,15 +616,27 @@ impl Pool {
         }
     }
 
-    fn set_respawn_at(&mut self, at: Instant) {
-        self.set_respawn_at_none();
-        self.respawn_at = Some(at);
+    /// Hold one empty slot back until `at`.
+    pub(super) fn hold(&mut self, at: Instant, streak: u32) {
+        let i = self.held.partition_point(|h| h.at <= at);
+        self.held.insert(i, Held { at, streak });
         self.timers.insert((at, TimerKey::Respawn));
     }
 
-    fn set_respawn_at_none(&mut self) {
-        if let Some(t) = self.respawn_at.take() {
-            self.timers.remove(&(t, TimerKey::Respawn));
+    /// Take the hold at position `i`, and its timer unless another hold
+    /// shares the instant.
+    fn unhold(&mut self, i: usize) -> Held {
+        let h = self.held.remove(i);
+        if !self.held.iter().any(|o| o.at == h.at) {
+            self.timers.remove(&(h.at, TimerKey::Respawn));
+        }
+        h
+    }
+
+    /// Forget every hold (an operator action, an abandoned upgrade).
+    pub(super) fn clear_holds(&mut self) {
+        while !self.held.is_empty() {
+            self.unhold(self.held.len() - 1);
         }
     }
 
@@ -642,6 +652,15 @@ impl Pool {
                         pid: w.pid.unwrap_or(0),
                         timeout: w.spec.ack_timeout,
                     };
+                    // Its slot is refilled now, not at its exit: the first
+                    // time at once (the ack timeout already bounds the rate),
+                    // then backing off like any slot that keeps failing.
+                    let streak = w.streak.saturating_add(1);
+                    let wait = match w.streak {
+                        0 => Duration::ZERO,
+                        n => backoff(w.spec.respawn_delay, n),
+                    };
+                    self.hold(later(now, wait), streak);
                     self.emit(ev);
                     self.stop_worker(id, Signal::SIGKILL, StopReason::AckTimeout, now, out);
                 }
@@ -727,10 +746,25 @@ impl Pool {
     /// A worker died before it acked, or a new version died during its upgrade.
     /// `cause` (pid and exit status, ack timeout, spawn error) ends up in the
     /// failed upgrade's reply: the operator learns why without reading the log.
-    fn count_failure(&mut self, w: &Worker, cause: &str, now: Instant, out: &mut Vec<Action>) {
+    /// `hold`: hold the worker's slot back by its backoff (false when that
+    /// was done already, at an ack timeout).
+    fn count_failure(
+        &mut self,
+        w: &Worker,
+        cause: &str,
+        hold: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        // The slot's own streak sets its delay: a slot that keeps failing
+        // backs off, the others are not held for it. The pool-wide count is
+        // what `retries` bounds.
         self.failures = self.failures.saturating_add(1);
-        let delay = backoff(w.spec.respawn_delay, self.failures);
-        self.set_respawn_at(later(now, delay));
+        let streak = w.streak.saturating_add(1);
+        let delay = backoff(w.spec.respawn_delay, streak);
+        if hold {
+            self.hold(later(now, delay), streak);
+        }
         if let Some(up) = &mut self.upgrade {
             if w.version == self.target.0 && up.canary.is_some() {
                 // A canary that fails is the answer the canary was for.
@@ -766,7 +800,7 @@ impl Pool {
                 }
             }
             // Rate limit: a new delay, or every power of two of failures.
-            if self.logged_backoff != Some(delay) || self.failures.is_power_of_two() {
+            if hold && (self.logged_backoff != Some(delay) || self.failures.is_power_of_two()) {
                 self.logged_backoff = Some(delay);
                 self.emit(PoolEvent::Backoff {
                     delay,
@@ -785,10 +819,12 @@ impl Pool {
         i
     }
 
-    /// Start one worker of `version` (the target, or a canary's base version).
+    /// Start one worker of `version` (the target, or a canary's base version)
+    /// in a slot whose worker died `streak` times in a row before acking.
     fn spawn_one(
         &mut self,
         (version, spec): (u64, Arc<PoolConfig>),
+        streak: u32,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
@@ -815,6 +851,7 @@ impl Pool {
                 heartbeat_at: None,
                 recycle_at: None,
                 recycle: None,
+                streak,
             },
         );
         self.buckets
@@ -961,16 +998,14 @@ impl Pool {
         picked
     }
 
-    fn spawn_allowed(&self, now: Instant) -> bool {
-        !self.gave_up && self.respawn_at.is_none_or(|t| t <= now)
-    }
-
     fn spawn_n(&mut self, n: usize, now: Instant, out: &mut Vec<Action>) {
         let target = self.target.clone();
         self.spawn_n_of(target, n, now, out);
     }
 
-    /// Start `n` workers of `version`, as the backoff allows.
+    /// Start up to `n` workers of `version` into empty slots: slots that are
+    /// not held at once, held slots once their backoff has passed (never
+    /// after a give-up); the rest wait for their Respawn timer.
     fn spawn_n_of(
         &mut self,
         version: (u64, Arc<PoolConfig>),
@@ -978,23 +1013,18 @@ impl Pool {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        if n == 0 {
-            return;
+        let mut left = n;
+        // Held slots whose time has come, earliest (so longest waiting) first.
+        while left > 0 && !self.gave_up && self.held.first().is_some_and(|h| h.at <= now) {
+            let h = self.unhold(0);
+            self.spawn_one(version.clone(), h.streak, now, out);
+            left -= 1;
         }
-        if !self.spawn_allowed(now) {
-            // Replacements of acked workers are owed regardless; the rest wait
-            // for the Respawn timer.
-            let k = n.min(self.owed);
-            self.owed -= k;
-            for _ in 0..k {
-                self.spawn_one(version.clone(), now, out);
-            }
-            return;
-        }
-        self.owed = 0;
-        self.set_respawn_at_none();
-        for _ in 0..n {
-            self.spawn_one(version.clone(), now, out);
+        // Slots that are not held. While `held` slots still wait, `n` counts
+        // them among the empty ones.
+        let free = left.saturating_sub(self.held.len());
+        for _ in 0..free {
+            self.spawn_one(version.clone(), 0, now, out);
         }
     }
 
@@ -1013,8 +1043,10 @@ impl Pool {
             None if !self.recycling.is_empty() => self.reconcile_recycling(now, out),
             None => {
                 let live: usize = self.buckets.values().map(Bucket::len).sum();
-                if live >= count {
-                    self.owed = 0;
+                // No more holds than empty slots (a scale-down, or holds left
+                // from an upgrade): the latest, longest holds go first.
+                while self.held.len() > count.saturating_sub(live) {
+                    self.unhold(self.held.len() - 1);
                 }
                 if live > count {
                     for id in self.pick(live - count, |_| true) {
@@ -1027,6 +1059,14 @@ impl Pool {
             Some(up) => self.reconcile_upgrade(&up, now, out),
         }
     }
+}
+
+/// An empty slot held back by a backoff (see [`Pool::spawn_n_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub(crate) at: Instant,
+    /// Consecutive deaths before ack of the slot's workers.
+    pub(crate) streak: u32,
 }
 
 /// `now + d`, saturating: settings are bounded where they are parsed

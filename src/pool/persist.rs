@@ -90,6 +90,8 @@ struct WorkerSnap {
     recycle_at: Option<At>,
     #[serde(default)]
     recycle: Option<RecycleReason>,
+    #[serde(default)]
+    streak: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -145,10 +147,16 @@ pub struct PoolSnapshot {
     upgrade: Option<UpgradeSnap>,
     last_upgrade: Option<OutcomeSnap>,
     failures: u32,
+    /// Written as 0 since slots are held one by one (`held`); an image that
+    /// still reads it refills at once the slots it does not know are held.
     owed: usize,
     #[serde(default)]
     previous: Option<(u64, usize)>,
+    /// The earliest hold, for an image that knows only one pool-wide backoff.
     respawn_at: Option<At>,
+    /// Slots held back by a backoff, with their streaks.
+    #[serde(default)]
+    held: Vec<(At, u32)>,
     logged_backoff: Option<Duration>,
     gave_up: bool,
     shutdown: Option<ShutdownSnap>,
@@ -238,6 +246,7 @@ impl Pool {
                 heartbeat_at: opt(w.heartbeat_at, now),
                 recycle_at: opt(w.recycle_at, now),
                 recycle: w.recycle,
+                streak: w.streak,
             })
             .collect();
         let target = (self.target.0, t.index(&self.target.1));
@@ -275,9 +284,14 @@ impl Pool {
                 result: o.result.clone(),
             }),
             failures: self.failures,
-            owed: self.owed,
+            owed: 0,
             previous,
-            respawn_at: opt(self.respawn_at, now),
+            respawn_at: opt(self.respawn_at(), now),
+            held: self
+                .held
+                .iter()
+                .map(|h| (At::of(h.at, now), h.streak))
+                .collect(),
             logged_backoff: self.logged_backoff,
             gave_up: self.gave_up,
             shutdown: self.shutdown.map(|s| match s {
@@ -316,7 +330,6 @@ impl Pool {
         p.free_indexes = snap.free_indexes.into_iter().collect();
         p.next_index = snap.next_index;
         p.failures = snap.failures;
-        p.owed = snap.owed;
         p.logged_backoff = snap.logged_backoff;
         p.gave_up = snap.gave_up;
         p.stopped_reported = snap.stopped_reported;
@@ -352,8 +365,15 @@ impl Pool {
                 keeps_previous: u.keeps_previous,
             }),
         };
-        if let Some(at) = snap.respawn_at {
-            p.set_respawn_at(at.at(now));
+        if snap.held.is_empty() {
+            // A state from an image with one pool-wide backoff: one held
+            // slot at its deadline, with the pool's streak.
+            if let Some(at) = snap.respawn_at {
+                p.hold(at.at(now), snap.failures);
+            }
+        }
+        for (at, streak) in snap.held {
+            p.hold(at.at(now), streak);
         }
         if let Some(c) = p.upgrade.as_ref().and_then(|u| u.canary) {
             if let (Some(since), Some(hold)) = (c.holding_since, c.hold) {
@@ -406,6 +426,7 @@ impl Pool {
                 heartbeat_at: back(w.heartbeat_at, now),
                 recycle_at: back(w.recycle_at, now),
                 recycle: w.recycle,
+                streak: w.streak,
             };
             p.index_worker(&worker);
             if worker.state == WorkerState::Spawning {

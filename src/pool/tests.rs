@@ -274,10 +274,30 @@ fn manual_mode_kills_a_worker_that_never_acks_and_replaces_it() {
     let replacement = s.unacked();
     assert_eq!(replacement.len(), 1);
     assert_ne!(replacement[0], pids[1]);
-    // ... and its death is a failure that arms the backoff.
+    // ... its death is a failure ...
     s.exit(pids[1]);
     assert_eq!(s.pool.failures(), 1);
-    assert_eq!(s.pool.respawn_at(), Some(s.now + S));
+    assert_eq!(s.pool.respawn_at(), None, "its slot is already refilled");
+    // ... and the slot carries it: when the replacement misses its ack too,
+    // its own replacement waits `respawn_delay`, then 1.5 times that.
+    let t0 = s.now;
+    s.advance(10 * S);
+    assert!(s.unacked().is_empty() || s.unacked() == replacement);
+    assert_eq!(s.pool.respawn_at(), Some(t0 + 10 * S + S));
+    s.exit(replacement[0]);
+    assert_eq!(s.pool.failures(), 2);
+    while s.unacked().is_empty() {
+        assert!(s.run_next_deadline());
+    }
+    assert_eq!(s.now, t0 + 10 * S + S);
+    let third = s.unacked()[0];
+    s.advance(10 * S);
+    s.exit(third);
+    let t1 = s.now;
+    while s.unacked().is_empty() {
+        assert!(s.run_next_deadline());
+    }
+    assert_eq!(s.now - t1, backoff(S, 2));
 }
 
 #[test]
@@ -1529,3 +1549,64 @@ fn a_restored_pool_decides_exactly_like_the_original() {
     }
     assert_eq!(view(&twin.pool), view(&s.pool));
 }
+
+/// The kill -9 storm: a slot whose workers keep dying before they ack backs
+/// off on its own; a first failure in another slot waits `respawn_delay`,
+/// not the delay the first slot has built up.
+#[test]
+fn each_slot_backs_off_on_its_own() {
+    let mut s = started(4);
+    let acked = s.acked_pids();
+    s.exit(acked[0]);
+    s.exit(acked[1]);
+    let fresh = s.unacked();
+    assert_eq!(fresh.len(), 2, "acked deaths are replaced at once");
+    // Slot A: two deaths before ack in a row.
+    s.exit(fresh[0]);
+    let t = s.now;
+    while s.unacked().len() < 2 {
+        assert!(s.run_next_deadline());
+    }
+    assert_eq!(s.now - t, S);
+    let again = *s.unacked().iter().find(|p| **p != fresh[1]).unwrap();
+    s.exit(again);
+    // Slot A now waits 1.5 s; slot B fails for the first time.
+    let t = s.now;
+    s.exit(fresh[1]);
+    assert_eq!(s.pool.failures(), 3, "the pool-wide count, for `retries`");
+    assert_eq!(s.pool.respawn_at(), Some(t + S), "slot B waits 1 s");
+    s.advance(S);
+    assert_eq!(s.unacked().len(), 1, "slot B refilled, slot A still held");
+    s.advance(S / 2);
+    assert_eq!(s.unacked().len(), 2, "slot A refilled after 1.5 s");
+    assert_eq!(s.pool.respawn_at(), None);
+    // An ack resets that worker's slot: its next death waits 1 s again.
+    let a = s.unacked();
+    s.ack(a[0]);
+    s.exit(a[0]);
+    assert_eq!(s.unacked().len(), 2, "an acked worker is replaced at once");
+    s.exit(a[1]);
+    assert_eq!(s.pool.respawn_at(), Some(s.now + backoff(S, 3)));
+}
+
+/// More holds than empty slots never hold a pool below its count: a
+/// scale-down drops the longest holds.
+#[test]
+fn a_scale_down_drops_the_holds_it_no_longer_needs() {
+    let mut s = Sim::new(spec(3));
+    for pid in s.unacked() {
+        s.exit(pid);
+    }
+    assert_eq!(s.pool.len(), 0);
+    assert!(s.pool.respawn_at().is_some());
+    let a = s.pool.set_count(1, s.now).unwrap();
+    s.apply(a);
+    assert_eq!(s.unacked().len(), 1, "an operator command revives at once");
+    let pid = s.unacked()[0];
+    s.exit(pid);
+    s.advance(S);
+    assert_eq!(s.unacked().len(), 1);
+    assert_eq!(s.pool.respawn_at(), None, "no hold left over");
+}
+
+mod props;

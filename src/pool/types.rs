@@ -102,6 +102,10 @@ pub struct Worker {
     /// Marked for replacement (too old or too large): its successor is being
     /// started; it drains once that one acked.
     pub recycle: Option<RecycleReason>,
+    /// How many workers of its slot died in a row before acking when it
+    /// was started (0: a fresh slot); its own death before ack makes the
+    /// slot wait `backoff(respawn_delay, streak + 1)`.
+    pub streak: u32,
 }
 
 /// Why a worker is being replaced although it works.

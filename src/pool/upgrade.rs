@@ -369,7 +369,7 @@ impl Pool {
             self.target = up.from.clone();
             self.failures = 0;
             self.logged_backoff = None;
-            self.set_respawn_at_none();
+            self.clear_holds();
         }
         self.last_upgrade = Some(UpgradeOutcome {
             id: up.id,

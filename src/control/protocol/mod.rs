@@ -712,4 +712,6 @@ mod yaml_write;
 use yaml_write as write;
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
