@@ -24,6 +24,7 @@ mod identity;
 mod log;
 mod master;
 mod metrics;
+mod output;
 mod pool;
 mod procfs;
 mod spawn;

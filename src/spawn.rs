@@ -42,6 +42,43 @@ pub struct SpawnContext<'a> {
     pub notify_socket: Option<&'a str>,
     /// The pool's identity and limits, resolved (src/identity.rs).
     pub identity: Option<&'a crate::identity::Resolved>,
+    /// The worker's stdout and stderr (src/master/output.rs).
+    pub stdout: ChildOut,
+    pub stderr: ChildOut,
+}
+
+/// What a worker's stdout or stderr is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildOut {
+    /// The master's own.
+    Inherit,
+    /// /dev/null.
+    Null,
+    /// The write end of a capture pipe (close-on-exec in the master): std
+    /// dup2s a copy onto fd 1 or 2 in the child (a posix_spawn file action, or
+    /// dup2 between fork and exec), which is async-signal-safe.
+    Pipe(RawFd),
+}
+
+impl ChildOut {
+    fn stdio(self, pool: &str) -> Result<Option<Stdio>, SpawnError> {
+        match self {
+            ChildOut::Inherit => Ok(None),
+            ChildOut::Null => Ok(Some(Stdio::null())),
+            ChildOut::Pipe(fd) => {
+                // SAFETY: the caller keeps the pipe open for the spawn.
+                let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                let owned = b
+                    .try_clone_to_owned()
+                    .map_err(|source| SpawnError::Inherit {
+                        pool: pool.to_string(),
+                        fd,
+                        source,
+                    })?;
+                Ok(Some(Stdio::from(owned)))
+            }
+        }
+    }
 }
 
 /// Why a worker could not be started. The messages do not name the pool: the
@@ -185,6 +222,12 @@ pub fn command(spec: &PoolConfig, ctx: &SpawnContext<'_>) -> Result<Command, Spa
     // drains workers instead of having them killed mid-request.
     cmd.process_group(0);
     cmd.stdin(Stdio::null());
+    if let Some(out) = ctx.stdout.stdio(&spec.name)? {
+        cmd.stdout(out);
+    }
+    if let Some(err) = ctx.stderr.stdio(&spec.name)? {
+        cmd.stderr(err);
+    }
 
     let inherit = inherited(ctx);
     let pdeathsig = spec
@@ -464,6 +507,8 @@ mod tests {
             control_fd: None,
             notify_socket: None,
             identity: None,
+            stdout: ChildOut::Inherit,
+            stderr: ChildOut::Inherit,
         };
         let pid = spawn(&spec, &ctx).map_err(|e| e.to_string())?;
         match waitpid(NixPid::from_raw(pid), None) {
@@ -502,6 +547,8 @@ mod tests {
             control_fd: None,
             notify_socket: None,
             identity: None,
+            stdout: ChildOut::Inherit,
+            stderr: ChildOut::Inherit,
         };
         let pid = spawn(&spec, &ctx).map_err(|e| e.to_string())?;
         match waitpid(NixPid::from_raw(pid), None) {

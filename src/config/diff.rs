@@ -74,6 +74,7 @@ pub fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<(&'static str, Ef
         heartbeat_timeout,
         identity,
         stop_group,
+        output,
     } = old;
     let mut out = Vec::new();
     let mut key = |changed: bool, name: &'static str, effect: Effect| {
@@ -150,6 +151,18 @@ pub fn pool_changes(old: &PoolConfig, new: &PoolConfig) -> Vec<(&'static str, Ef
     key(*rlimits != id.rlimits, "rlimits", Roll);
     key(*oom_score_adj != id.oom_score_adj, "oom_score_adj", Roll);
     key(*stop_group != new.stop_group, "stop_group", Retune);
+    // A worker's stdout/stderr are set at its exec: a new sink needs a new process.
+    let super::output::Output {
+        stdout,
+        stderr,
+        max_bytes,
+        backups,
+    } = output;
+    let o = &new.output;
+    key(*stdout != o.stdout, "stdout", Roll);
+    key(*stderr != o.stderr, "stderr", Roll);
+    key(*max_bytes != o.max_bytes, "output_max_bytes", Roll);
+    key(*backups != o.backups, "output_backups", Roll);
     out
 }
 

@@ -31,6 +31,7 @@ mod diff;
 mod error;
 pub(crate) mod identity;
 mod metrics;
+pub(crate) mod output;
 pub(crate) mod placeholders;
 pub(crate) mod schema;
 mod summary;
@@ -94,6 +95,22 @@ pub struct LogConfig {
     /// The syslog daemon's socket; `None`: /dev/log, then /var/run/syslog and
     /// /var/run/log (containers often mount it elsewhere).
     pub syslog_socket: Option<PathBuf>,
+    /// `[log] file`: the master's log goes to this file (rotated) instead of
+    /// stderr.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default = "default_log_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_log_backups")]
+    pub backups: u32,
+}
+
+fn default_log_max_bytes() -> u64 {
+    output::DEFAULT_MAX_BYTES
+}
+
+fn default_log_backups() -> u32 {
+    output::DEFAULT_BACKUPS
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -249,6 +266,9 @@ pub struct PoolConfig {
     /// worker exits is killed.
     #[serde(default)]
     pub stop_group: bool,
+    /// `stdout`, `stderr`, `output_max_bytes`, `output_backups`.
+    #[serde(default)]
+    pub output: output::Output,
 }
 
 pub const DEFAULT_UPGRADE_RETRIES: u32 = 3;
@@ -305,6 +325,7 @@ impl PoolConfig {
             heartbeat_timeout: None,
             identity: identity::Identity::default(),
             stop_group: false,
+            output: output::Output::default(),
         }
     }
 
@@ -332,6 +353,9 @@ impl Default for Config {
                 level: log::LevelFilter::Info,
                 syslog: false,
                 syslog_socket: None,
+                file: None,
+                max_bytes: output::DEFAULT_MAX_BYTES,
+                backups: output::DEFAULT_BACKUPS,
             },
             watch: WatchConfig {
                 enabled: true,

@@ -136,6 +136,26 @@ fn candidates(name: &str) -> &'static [&'static str] {
                 r#""forever""#,
             ]
         }
+        "stdout" | "stderr" => &[
+            r#""inherit""#,
+            r#""log""#,
+            r#""null""#,
+            r#""/tmp/einh-prop-{pool}-{index}.log""#,
+            BAD,
+            r#""/tmp/{bogus}.log""#,
+            r#""""#,
+            "1",
+        ],
+        "output_max_bytes" | "max_bytes" => &["0", "1048576", "9223372036854775807", BAD, "-1"],
+        "output_backups" | "backups" => &["0", "10", BAD, "-1", "100000000000"],
+        "listen" => &[
+            r#""127.0.0.1:0""#,
+            r#""/tmp/einh-prop-metrics.sock""#,
+            BAD,
+            r#""nohost:""#,
+            r#""""#,
+        ],
+        "file" => &[r#""/tmp/einh-prop.log""#, BAD, r#""""#],
         _ => &["true", "false", BAD, r#""x""#, "1"],
     }
 }
@@ -231,6 +251,7 @@ pub(crate) fn config_text(mix: Mix) -> impl Strategy<Value = String> {
             Section::Log,
             Section::Watch,
             Section::MasterProcess,
+            Section::Metrics,
         ]),
         0..3,
     );

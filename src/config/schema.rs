@@ -139,6 +139,12 @@ pub const KEYS: &[Key] = &[
         "Also send WARN and above to syslog."),
     key(Log, "syslog_socket", "path", "/dev/log, then /var/run/syslog, /var/run/log", Restart,
         "The syslog daemon's socket, where containers mount it elsewhere."),
+    key(Log, "file", "path", "none (stderr)", Restart,
+        "The master's log (and worker lines of `stdout`/`stderr = \"log\"`) goes to this file instead of stderr, rotated at max_bytes; reopened by `reopen_logs` and SIGUSR1 (docs/logging.md)."),
+    key(Log, "max_bytes", "size: \"50MiB\", \"1G\", or bytes; 0: never rotate", "\"50MiB\"", Restart,
+        "With `file`: rotate it before a line would take it past this size."),
+    key(Log, "backups", "integer, 0 to 1000", "10", Restart,
+        "With `file`: rotated files kept (file.1 newest); 0: the file is truncated instead."),
     key(Watch, "enabled", "boolean", "true", Apply,
         "Watch each pool's executable and `watch` paths and the config file; a change rolls the pool or reloads the file."),
     key(Watch, "debounce", DURATION, "\"200ms\"", Apply,
@@ -229,6 +235,14 @@ pub const KEYS: &[Key] = &[
         "The workers' OOM-killer adjustment (below the master's needs root)."),
     key(Pool, "stop_group", "boolean", "false", Retune,
         "Stop signals go to the worker's whole process group, and what is left of the group when the worker exits is killed. The SIGKILL after stop_timeout always goes to the group."),
+    key(Pool, "stdout", "\"inherit\" | \"log\" | \"null\" | a file path with {pool} and {index}", "\"inherit\"", Roll,
+        "Where the workers' stdout goes: the master's stdout as is; each line into the master's log with pool, index and pid (lines cut at 16 KiB); /dev/null; or a file the master writes and rotates. \"log\" and files are captured through a pipe and kept for `logs` (docs/logging.md)."),
+    key(Pool, "stderr", "as stdout", "\"inherit\"", Roll,
+        "Where the workers' stderr goes (as stdout)."),
+    key(Pool, "output_max_bytes", "size: \"50MiB\", \"1G\", or bytes; 0: never rotate", "\"50MiB\"", Roll,
+        "A stdout/stderr file is rotated before a line would take it past this size."),
+    key(Pool, "output_backups", "integer, 0 to 1000", "10", Roll,
+        "Rotated stdout/stderr files kept (path.1 newest); 0: the file is truncated instead."),
 ];
 
 /// The keys of one section, in declaration order.

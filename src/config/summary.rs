@@ -32,6 +32,14 @@ impl Config {
         if let Some(l) = &self.metrics.listen {
             let _ = writeln!(s, "metrics: GET /metrics on {l}");
         }
+        if let Some(f) = &self.log.file {
+            let _ = writeln!(
+                s,
+                "log file: {} ({})",
+                f.display(),
+                output::describe_rotation(self.log.max_bytes, self.log.backups)
+            );
+        }
         if self.pools.is_empty() {
             let _ = writeln!(s, "no pools");
         }
@@ -91,6 +99,9 @@ impl Config {
             );
             if !p.identity.is_empty() {
                 let _ = writeln!(s, "  runs as:  {}", p.identity.describe());
+            }
+            if !p.output.is_default() {
+                let _ = writeln!(s, "  output:   {}", p.output.describe());
             }
         }
         s

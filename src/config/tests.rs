@@ -560,6 +560,10 @@ pub(super) fn change_one(base: &PoolConfig, key: &str) -> Option<super::diff::Ef
         }
         "oom_score_adj" => n.identity.oom_score_adj = Some(100),
         "stop_group" => n.stop_group = true,
+        "stdout" => n.output.stdout = output::Sink::Log,
+        "stderr" => n.output.stderr = output::Sink::Null,
+        "output_max_bytes" => n.output.max_bytes = 1,
+        "output_backups" => n.output.backups = 1,
         _ => return None,
     }
     match pool_changes(base, &n).as_slice() {
@@ -608,6 +612,10 @@ fn every_pool_key_has_a_reload_effect() {
         ("rlimits", Effect::Roll),
         ("oom_score_adj", Effect::Roll),
         ("stop_group", Effect::Retune),
+        ("stdout", Effect::Roll),
+        ("stderr", Effect::Roll),
+        ("output_max_bytes", Effect::Roll),
+        ("output_backups", Effect::Roll),
     ] {
         assert_eq!(change_one(&base, key), Some(effect), "{key}");
     }
@@ -652,6 +660,11 @@ fn the_parser_knows_every_key_of_the_schema() {
             (Section::Pool, "nice" | "oom_score_adj") => "5",
             (Section::Pool, "rlimits") => "{ nofile = 1024, core = \"unlimited\" }",
             (Section::Pool, "socket_protocol") => "[\"systemd\"]",
+            (Section::Pool, "stdout") => "\"log\"",
+            (Section::Pool, "stderr") => "\"/tmp/{pool}-{index}.err\"",
+            (_, "max_bytes" | "output_max_bytes") => "\"1MiB\"",
+            (_, "backups" | "output_backups") => "3",
+            (Section::Log, "file") => "\"/tmp/master.log\"",
             _ => "\"2s\"",
         }
     };

@@ -292,6 +292,29 @@ impl Walker<'_> {
         ok.then_some(out)
     }
 
+    /// A size ("50MiB", or bytes); 0 allowed (for "never").
+    fn size_or_zero(&mut self, key: &str, v: &Val<'_>) -> Option<u64> {
+        let r = match v.get_ref() {
+            DeValue::String(s) if s.trim() == "0" => Ok(0),
+            DeValue::String(s) => parse_bytes(s),
+            DeValue::Integer(i) => int_value(i)
+                .filter(|n| *n >= 0)
+                .map(|n| n as u64)
+                .ok_or_else(|| format!("{} is not a size in bytes", i.as_str())),
+            other => Err(format!(
+                "expected a size such as \"50MiB\" or a number of bytes, found {}",
+                describe(other)
+            )),
+        };
+        match r {
+            Ok(n) => Some(n),
+            Err(e) => {
+                self.error(key, v.span(), e);
+                None
+            }
+        }
+    }
+
     fn strings(&mut self, key: &str, v: &Val<'_>) -> Option<Vec<String>> {
         self.array(key, v, "an array of strings", |w, k, item| {
             w.string(k, item)
@@ -389,6 +412,21 @@ impl Walker<'_> {
                 "syslog_socket" => {
                     if let Some(p) = self.path(&key, v) {
                         out.syslog_socket = Some(p);
+                    }
+                }
+                "file" => {
+                    if let Some(p) = self.path(&key, v) {
+                        out.file = Some(p);
+                    }
+                }
+                "max_bytes" => {
+                    if let Some(n) = self.size_or_zero(&key, v) {
+                        out.max_bytes = n;
+                    }
+                }
+                "backups" => {
+                    if let Some(n) = self.uint(&key, v, u64::from(output::MAX_BACKUPS)) {
+                        out.backups = n as u32;
                     }
                 }
                 _ => self.unknown("log", &name, kspan, &schema::names_of(schema::Section::Log)),
@@ -801,6 +839,25 @@ impl Walker<'_> {
                 "stop_group" => {
                     if let Some(b) = self.boolean(&key, v) {
                         p.stop_group = b;
+                    }
+                }
+                "stdout" | "stderr" => {
+                    if let Some(s) = self.string(&key, v) {
+                        match output::parse_sink(&s) {
+                            Ok(sink) if name == "stdout" => p.output.stdout = sink,
+                            Ok(sink) => p.output.stderr = sink,
+                            Err(e) => self.error(&key, v.span(), e),
+                        }
+                    }
+                }
+                "output_max_bytes" => {
+                    if let Some(n) = self.size_or_zero(&key, v) {
+                        p.output.max_bytes = n;
+                    }
+                }
+                "output_backups" => {
+                    if let Some(n) = self.uint(&key, v, u64::from(output::MAX_BACKUPS)) {
+                        p.output.backups = n as u32;
                     }
                 }
                 _ => self.unknown(

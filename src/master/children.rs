@@ -35,6 +35,8 @@ impl Master {
                         log::debug!("reaped pid {pid} ({how}), not a worker");
                         continue;
                     };
+                    // Its last lines come before the news of its exit.
+                    self.output_exited(pid);
                     let now = Instant::now();
                     if let Some(e) = self.pools.get_mut(&name) {
                         if let Some(actions) = e.pool.exited(pid, &how, now) {
@@ -110,6 +112,7 @@ impl Master {
                         self.pools.remove(name);
                         self.releases.forget_pool(name);
                         self.counters.pool_gone(name);
+                        self.capture.forget_pool(name);
                         self.dirty.remove(name);
                         return;
                     }
@@ -256,6 +259,10 @@ impl Master {
             .identities
             .get(&spec.identity)
             .map_err(|why| SpawnError::Program(format!("identity: {why}")))?;
+        // Capture pipes (stdout/stderr = "log" or a file), made before the fork.
+        let (stdout, stderr, planned) = super::output::Capture::plan(spec, index).map_err(|e| {
+            SpawnError::Resources(format!("could not create the output pipes: {e}"))
+        })?;
         let ctx = SpawnContext {
             sockets: &fds,
             control_path: self.control.path(),
@@ -264,6 +271,8 @@ impl Master {
             control_fd: pair.as_ref().map(|(_, t)| t.as_raw_fd()),
             notify_socket: notify.as_deref(),
             identity: identity.as_deref(),
+            stdout,
+            stderr,
         };
         let pid = spawn::spawn(spec, &ctx).map_err(|e| {
             if e.is_master_side() {
@@ -272,6 +281,7 @@ impl Master {
                 SpawnError::Program(e.to_string())
             }
         })?;
+        self.adopt_output(name, index, pid, planned);
         if let Some((ours, _theirs)) = pair {
             if ours.set_nonblocking(true).is_ok() {
                 let stream = mio::net::UnixStream::from_std(ours);

@@ -41,6 +41,7 @@ impl Master {
     fn forget_conn(&mut self, conn: ConnId) {
         self.waiters.forget(|w| w.conn == conn);
         self.events.forget(conn);
+        self.forget_log_follower(conn);
     }
 
     fn on_new_conn(&mut self, id: ConnId) {

@@ -127,6 +127,28 @@ impl Master {
                 });
                 Outcome::Later
             }
+            Command::Logs {
+                lines,
+                follow: false,
+            } => match self.recent_logs(pool, lines) {
+                Ok(m) => Outcome::Ok(m),
+                Err(e) => Outcome::Err(e),
+            },
+            Command::Logs {
+                lines,
+                follow: true,
+            } => {
+                let to = ReplyTo {
+                    conn,
+                    request_id: req.id.clone(),
+                    encoding: req.encoding,
+                };
+                match self.follow_logs(to, pool, lines) {
+                    Ok(()) => Outcome::Later,
+                    Err(e) => Outcome::Err(e),
+                }
+            }
+            Command::ReopenLogs => Outcome::Ok(self.reopen_logs()),
             Command::Version => {
                 Outcome::Ok(format!("einhyrningsins {}", env!("CARGO_PKG_VERSION")))
             }

@@ -24,7 +24,8 @@
 //! - `reexec`: the master upgrading itself in place (state out, exec, state in);
 //! - `releases`: what each version ran (for `rollback`); `events`: the event log;
 //! - `metrics`: the `/metrics` listener, the scrape snapshot and `stats`;
-//! - `startup`: lockfile, pidfile, process name; `error`: typed errors.
+//! - `startup`: lockfile, pidfile, process name; `error`: typed errors;
+//! - `output`: workers' captured stdout/stderr, `logs`, `reopen_logs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
@@ -53,6 +54,7 @@ mod events;
 mod identities;
 mod metrics;
 mod notify;
+mod output;
 mod phase;
 mod pools;
 mod reexec;
@@ -79,7 +81,7 @@ use waiters::Waiters;
 const SPAWN_BATCH: usize = 64;
 
 /// The signals the master handles (also blocked across a re-exec).
-const HANDLED_SIGNALS: [i32; 8] = [
+const HANDLED_SIGNALS: [i32; 9] = [
     sigs::SIGHUP,
     sigs::SIGINT,
     sigs::SIGTERM,
@@ -88,6 +90,7 @@ const HANDLED_SIGNALS: [i32; 8] = [
     sigs::SIGTTIN,
     sigs::SIGTTOU,
     sigs::SIGCHLD,
+    sigs::SIGUSR1,
 ];
 
 /// Who wanted a watched file: a change rolls that pool, or reloads the config.
@@ -241,6 +244,8 @@ struct Master {
     counters: crate::metrics::Counters,
     /// `[metrics] listen`: the scrape listener and its connections.
     metrics: Option<crate::metrics::http::MetricsServer>,
+    /// Captured worker output: pipes, files, rings, `logs -f` followers.
+    capture: output::Capture,
 }
 
 impl Master {
@@ -330,6 +335,7 @@ impl Master {
             identities,
             counters: crate::metrics::Counters::default(),
             metrics,
+            capture: output::Capture::default(),
         })
     }
 
@@ -363,7 +369,10 @@ impl Master {
             if self.phase.may_exit(self.pools.len()) {
                 break;
             }
-            let timeout = if self.spawn_queue.is_empty() && !self.control.has_ready() {
+            let timeout = if self.spawn_queue.is_empty()
+                && !self.control.has_ready()
+                && !self.capture.has_ready()
+            {
                 self.timers.poll_timeout(Instant::now())
             } else {
                 Some(Duration::ZERO)
@@ -387,6 +396,7 @@ impl Master {
                         ev.is_readable() || ev.is_read_closed(),
                         ev.is_writable(),
                     ),
+                    Some(Source::Output(id)) => self.on_output(id),
                     None => {}
                 }
             }
@@ -408,6 +418,7 @@ impl Master {
                 }
             }
             self.serve_clients();
+            self.serve_output();
             self.run_spawns(SPAWN_BATCH);
         }
         log::info!("einhyrningsins (pid {}) exiting", self.pid);
@@ -442,7 +453,10 @@ impl Master {
     /// Whether something still streams to `conn` (an upgrade it waits for,
     /// the events it follows, the re-exec it asked for): it stays open.
     fn streams_to(&self, conn: ConnId) -> bool {
-        self.waiters.any(|w| w.conn == conn) || self.follows(conn) || self.reexec_requested_by(conn)
+        self.waiters.any(|w| w.conn == conn)
+            || self.follows(conn)
+            || self.follows_logs(conn)
+            || self.reexec_requested_by(conn)
     }
 
     /// Find the pool of a worker pid.

@@ -180,6 +180,10 @@ pub(crate) struct MasterState {
     /// The metrics listener's fd (kept, so a `:0` port stays the same).
     #[serde(default)]
     metrics_fd: Option<RawFd>,
+    /// Captured worker output: the pipes (kept open across the exec), the
+    /// rings and the `logs -f` followers.
+    #[serde(default)]
+    output: super::output::CaptureParts,
 }
 
 /// Why a state document cannot be used.
@@ -673,6 +677,7 @@ impl Master {
             fds.push(m.listener_fd());
         }
         fds.extend(self._files.parts().0);
+        fds.extend(self.capture.raw_fds());
         fds
     }
 
@@ -730,6 +735,7 @@ impl Master {
             then_upgrade,
             counters: self.counters.clone(),
             metrics_fd: self.metrics.as_ref().map(|m| m.listener_fd()),
+            output: self.capture.parts(),
         }
     }
 }
@@ -858,6 +864,7 @@ impl Master {
             None => None,
         };
         let files = unsafe { startup::Files::from_parts(st.lock_fd, st.pidfile) };
+        let capture = unsafe { super::output::Capture::from_parts(st.output, poll.registry()) };
         let (mut sd, sd_link) = crate::systemd::service::from_env();
         sd.resume_ready(st.sd_ready_sent);
         if let Some(name) = &st.config.master.command_name {
@@ -914,6 +921,7 @@ impl Master {
             identities: super::identities::Identities::default(),
             counters: st.counters,
             metrics: None,
+            capture,
         };
         // The listener was kept (scrapes during the exec wait in its backlog);
         // its connections were not (they see EOF). A state without it (the

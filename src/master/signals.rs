@@ -12,6 +12,10 @@ impl Master {
         for sig in pending {
             match sig {
                 sigs::SIGCHLD => self.reap(),
+                // logrotate's create mode (unused by einhorn's table).
+                sigs::SIGUSR1 => {
+                    self.reopen_logs();
+                }
                 sigs::SIGHUP => self.on_hup(),
                 sigs::SIGINT | sigs::SIGUSR2 => {
                     self.stop(StopRequest::Graceful, signal_name(sig));

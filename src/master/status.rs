@@ -48,6 +48,19 @@ impl Master {
                 ago(now.saturating_duration_since(*at))
             );
         }
+        if let Some((path, f)) = crate::log::file_stats() {
+            let _ = writeln!(
+                s,
+                "log file {}: {} line(s), {} rotation(s), {} dropped{}",
+                path.display(),
+                f.lines,
+                f.rotations,
+                f.dropped,
+                f.last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!(" (last error: {e})"))
+            );
+        }
         for name in names {
             let Some(e) = self.pools.get(name) else {
                 continue;
@@ -70,6 +83,9 @@ impl Master {
                 binds.join(", ")
             );
             let _ = writeln!(s, "  state: {}", pool_state(p, now));
+            if let Some(o) = self.output_status(name) {
+                let _ = writeln!(s, "{o}");
+            }
             if let Some(argv) = shown_argv(p.spec(), &e.sockets) {
                 let _ = writeln!(s, "  argv: {}", argv.join(" "));
             }
@@ -258,6 +274,7 @@ impl Master {
                         "secs_ago": secs(now.saturating_duration_since(*at)),
                     })),
                     "workers": workers,
+                    "output": self.output_json(name),
                 }),
             );
         }
@@ -270,6 +287,7 @@ impl Master {
                 "config": self.config.source,
                 "shutting_down": self.is_shutting_down(),
                 "log_level": log::max_level().to_string(),
+                "log_file": crate::log::file_stats().map(|(path, stats)| json!({"path": path, "stats": stats})),
                 "rejected_worker_messages": {
                     "count": self.rejected.count,
                     "recent": self.rejected.recent.iter().map(|(at, what, pid, why)| json!({

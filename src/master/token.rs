@@ -22,9 +22,14 @@ pub enum Source {
     /// A scrape connection (ids from [`crate::metrics::http::CONN_BASE`]).
     Scrape(usize),
     /// A control connection (ids are handed out by the control server, from
-    /// [`CONN_BASE`] up).
+    /// [`CONN_BASE`] up, below [`OUTPUT_BASE`]).
     Conn(ConnId),
+    /// A worker's captured stdout or stderr (src/master/output.rs).
+    Output(usize),
 }
+
+/// Output pipes' tokens start here, far above any connection id.
+pub const OUTPUT_BASE: usize = usize::MAX / 2;
 
 impl Source {
     pub fn token(self) -> Token {
@@ -36,6 +41,7 @@ impl Source {
             Source::Metrics => 4,
             Source::Scrape(id) => id,
             Source::Conn(id) => id,
+            Source::Output(id) => OUTPUT_BASE.saturating_add(id),
         })
     }
 
@@ -47,6 +53,7 @@ impl Source {
             3 => Some(Source::WorkerNotify),
             4 => Some(Source::Metrics),
             t if MetricsServer::is_conn(t) => Some(Source::Scrape(t)),
+            t if t >= OUTPUT_BASE => Some(Source::Output(t - OUTPUT_BASE)),
             t if t >= CONN_BASE => Some(Source::Conn(t)),
             _ => None,
         }
@@ -69,6 +76,8 @@ mod tests {
             Source::Scrape(crate::metrics::http::CONN_BASE + crate::metrics::http::MAX_CONNS - 1),
             Source::Conn(CONN_BASE),
             Source::Conn(CONN_BASE + 12345),
+            Source::Output(0),
+            Source::Output(77),
         ] {
             assert_eq!(Source::of(s.token()), Some(s));
         }

@@ -22,6 +22,7 @@ mod example_workers;
 mod harness;
 mod identity;
 mod metrics;
+mod output;
 mod pools_and_cli;
 mod reexec;
 mod reload;

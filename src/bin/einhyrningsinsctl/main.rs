@@ -128,6 +128,14 @@ struct Cli {
     #[arg(long)]
     upgrade: bool,
 
+    /// With `logs` or `events`: follow new lines as they come
+    #[arg(short = 'f', long)]
+    follow: bool,
+
+    /// With `logs`: how many recent lines (default 100)
+    #[arg(short = 'n', long = "lines", value_name = "N")]
+    lines: Option<usize>,
+
     /// Command to send; the remaining words are its arguments
     #[arg(short = 'e', long = "execute", value_name = "CMD")]
     execute: Option<String>,
@@ -246,7 +254,20 @@ fn main() -> ExitCode {
             eprintln!("einhyrningsinsctl: --upgrade goes with `reexec` only");
             ExitCode::from(2)
         }
+        Some(cmd)
+            if (cli.follow || cli.lines.is_some())
+                && !matches!(cmd.as_str(), "logs" | "events") =>
+        {
+            eprintln!("einhyrningsinsctl: -f and -n go with `logs` (and -f with `events`)");
+            ExitCode::from(2)
+        }
         Some(cmd) => {
+            if cli.follow {
+                words.push("-f".to_string());
+            }
+            if let Some(n) = cli.lines {
+                words.extend(["-n".to_string(), n.to_string()]);
+            }
             if cli.upgrade {
                 words.insert(0, "--upgrade".to_string());
             }

@@ -198,6 +198,20 @@ pub const COMMANDS: &[CommandSpec] = &[
         "pools and workers with RSS and CPU read from /proc now, as one JSON document \
          (what `einhyrningsinsctl top` shows)",
     ),
+    streaming(spec(
+        "logs",
+        "[-n N] [-f]",
+        Scope::PoolOrAll,
+        "recent output lines of the pool's workers (stdout/stderr = \"log\" or a file), \
+         the last N (default 100); with -f, follow new lines, across upgrades",
+    )),
+    spec(
+        "reopen_logs",
+        "",
+        Scope::Global,
+        "reopen the workers' output files and the master's log file by path (after \
+         logrotate renamed them; also SIGUSR1)",
+    ),
     spec("version", "", Scope::Global, "master version"),
     spec("louder", "", Scope::Global, "more verbose logging"),
     spec("quieter", "", Scope::Global, "less verbose logging"),
@@ -268,6 +282,12 @@ pub enum Command {
     },
     /// Pools and workers with their RSS and CPU, as JSON.
     Stats,
+    /// The last `lines` output lines, and (`follow`) every new one.
+    Logs {
+        lines: usize,
+        follow: bool,
+    },
+    ReopenLogs,
     Version,
     Louder,
     Quieter,
@@ -410,6 +430,8 @@ impl Command {
                 }
                 _ => return Err(usage()),
             },
+            "logs" => parse_logs(args).ok_or_else(usage)?,
+            "reopen_logs" => none(args).map(|()| Command::ReopenLogs)?,
             "version" => Command::Version,
             "louder" => Command::Louder,
             "quieter" => Command::Quieter,
@@ -458,6 +480,8 @@ impl Command {
             Command::Reexec { .. } => "reexec",
             Command::Events { .. } => "events",
             Command::Stats => "stats",
+            Command::Logs { .. } => "logs",
+            Command::ReopenLogs => "reopen_logs",
             Command::Version => "version",
             Command::Louder => "louder",
             Command::Quieter => "quieter",
@@ -471,6 +495,30 @@ impl Command {
     pub fn name(&self) -> &'static str {
         self.spec().name
     }
+}
+
+/// Most lines `logs -n` returns (the rings hold fewer).
+pub const MAX_LOG_LINES: usize = 100_000;
+
+/// `logs` arguments: `-n N` (`-nN`, `--lines N`, `--lines=N`), `-f` (`--follow`).
+fn parse_logs(args: &[String]) -> Option<Command> {
+    let mut lines = 100;
+    let mut follow = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let n = match a.as_str() {
+            "-f" | "--follow" | "follow" => {
+                follow = true;
+                continue;
+            }
+            "-n" | "--lines" => it.next()?.as_str(),
+            other => other
+                .strip_prefix("--lines=")
+                .or_else(|| other.strip_prefix("-n"))?,
+        };
+        lines = n.parse::<usize>().ok()?.min(MAX_LOG_LINES);
+    }
+    Some(Command::Logs { lines, follow })
 }
 
 /// A table entry without a parser is a bug of this file; say so instead of
