@@ -186,7 +186,7 @@ pub const KEYS: &[Key] = &[
     key(Pool, "retries", "integer, 1 and up", "none (retry forever; upgrades: 3)", Retune,
         "Give up respawning after this many consecutive failed attempts; an upgrade is abandoned after this many failures."),
     key(Pool, "respawn_delay", DURATION, "\"1s\"", Retune,
-        "First delay before refilling a slot whose worker died before it acked; grows x1.5 per consecutive such death of that slot, capped at 30 s. Other slots are not held back, and a worker that had acked is replaced at once."),
+        "First delay before refilling a slot whose worker died before it acked; grows x1.5 per consecutive such death (in the pool with no ack in between, or of that slot, whichever streak is longer), capped at 30 s. Each slot waits on its own timer; a worker that had acked is replaced at once."),
     key(Pool, "stop_signal", "signal name or number (\"USR2\", \"SIGTERM\", 15)", "\"USR2\"", Retune,
         "Signal that asks a worker to stop gracefully."),
     key(Pool, "stop_timeout", DURATION, "\"30s\"", Retune,

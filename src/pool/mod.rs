@@ -658,7 +658,7 @@ impl Pool {
                     let streak = w.streak.saturating_add(1);
                     let wait = match w.streak {
                         0 => Duration::ZERO,
-                        n => backoff(w.spec.respawn_delay, n),
+                        n => backoff(w.spec.respawn_delay, n.max(self.failures)),
                     };
                     self.hold(later(now, wait), streak);
                     self.emit(ev);
@@ -756,12 +756,15 @@ impl Pool {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        // The slot's own streak sets its delay: a slot that keeps failing
-        // backs off, the others are not held for it. The pool-wide count is
-        // what `retries` bounds.
+        // Two streaks set the delay, the longer one wins: the pool's (deaths
+        // before ack with no ack anywhere in between: the version cannot
+        // start, so every slot backs off fast, as one) and the slot's own (a
+        // slot that keeps failing while others ack). Each slot waits on its
+        // own timer, so a failure elsewhere never pushes it later. The
+        // pool's count is also what `retries` bounds.
         self.failures = self.failures.saturating_add(1);
         let streak = w.streak.saturating_add(1);
-        let delay = backoff(w.spec.respawn_delay, streak);
+        let delay = backoff(w.spec.respawn_delay, streak.max(self.failures));
         if hold {
             self.hold(later(now, delay), streak);
         }

@@ -1550,9 +1550,10 @@ fn a_restored_pool_decides_exactly_like_the_original() {
     assert_eq!(view(&twin.pool), view(&s.pool));
 }
 
-/// The kill -9 storm: a slot whose workers keep dying before they ack backs
-/// off on its own; a first failure in another slot waits `respawn_delay`,
-/// not the delay the first slot has built up.
+/// The kill -9 storm: each empty slot waits on its own timer, which a failure
+/// elsewhere never pushes later; a slot that keeps failing while others ack
+/// backs off on its own streak; an ack anywhere resets the pool's streak, so
+/// a first failure after it waits `respawn_delay` again.
 #[test]
 fn each_slot_backs_off_on_its_own() {
     let mut s = started(4);
@@ -1568,25 +1569,69 @@ fn each_slot_backs_off_on_its_own() {
         assert!(s.run_next_deadline());
     }
     assert_eq!(s.now - t, S);
-    let again = *s.unacked().iter().find(|p| **p != fresh[1]).unwrap();
-    s.exit(again);
-    // Slot A now waits 1.5 s; slot B fails for the first time.
-    let t = s.now;
-    s.exit(fresh[1]);
-    assert_eq!(s.pool.failures(), 3, "the pool-wide count, for `retries`");
-    assert_eq!(s.pool.respawn_at(), Some(t + S), "slot B waits 1 s");
-    s.advance(S);
-    assert_eq!(s.unacked().len(), 1, "slot B refilled, slot A still held");
-    s.advance(S / 2);
-    assert_eq!(s.unacked().len(), 2, "slot A refilled after 1.5 s");
+    let a2 = *s.unacked().iter().find(|p| **p != fresh[1]).unwrap();
+    s.exit(a2);
+    let a_until = s.now + backoff(S, 2);
+    assert_eq!(s.pool.respawn_at(), Some(a_until), "slot A waits 1.5 s");
+    // Slot B's worker acks: the pool's streak is reset, slot A's hold stays.
+    s.ack(fresh[1]);
+    assert_eq!(s.pool.failures(), 0);
+    // Another acked worker dies: replaced at once, and its replacement dies
+    // before acking: a first failure since the ack waits 1 s, on its own
+    // timer, before slot A's 1.5 s.
+    s.now += S / 4;
+    let b = s.acked_pids()[0];
+    s.exit(b);
+    let c = *s.unacked().first().unwrap();
+    s.exit(c);
+    let c_until = s.now + S;
+    assert!(c_until < a_until);
+    s.advance(c_until - s.now);
+    assert_eq!(
+        s.unacked().len(),
+        1,
+        "the later failure refilled first, at 1 s"
+    );
+    let c2 = s.unacked()[0];
+    s.advance(a_until - s.now);
+    assert_eq!(
+        s.unacked().len(),
+        2,
+        "slot A refilled at its 1.5 s, not pushed later"
+    );
     assert_eq!(s.pool.respawn_at(), None);
-    // An ack resets that worker's slot: its next death waits 1 s again.
-    let a = s.unacked();
-    s.ack(a[0]);
-    s.exit(a[0]);
-    assert_eq!(s.unacked().len(), 2, "an acked worker is replaced at once");
-    s.exit(a[1]);
+    // Slot A fails again: its own streak (3) wins over the pool's (2).
+    let a3 = *s.unacked().iter().find(|p| **p != c2).unwrap();
+    s.exit(a3);
     assert_eq!(s.pool.respawn_at(), Some(s.now + backoff(S, 3)));
+}
+
+/// A version that cannot start: every slot fails before acking and the
+/// pool's streak backs them all off as one, to the cap in a few rounds.
+#[test]
+fn a_version_that_cannot_start_backs_off_in_every_slot_at_once() {
+    let mut s = Sim::new(spec(8));
+    for pid in s.unacked() {
+        s.exit(pid);
+    }
+    assert_eq!(s.pool.failures(), 8);
+    assert_eq!(s.pool.len(), 0);
+    // The last slot to fail waits the pool's 8-failure delay.
+    let last = s.pool.held.last().unwrap().at;
+    assert_eq!(last, s.now + backoff(S, 8));
+    for _ in 0..3 {
+        while s.unacked().len() < 8 {
+            assert!(s.run_next_deadline());
+        }
+        for pid in s.unacked() {
+            s.exit(pid);
+        }
+    }
+    assert!(s
+        .pool
+        .held
+        .iter()
+        .all(|h| h.at == s.now + MAX_RESPAWN_DELAY));
 }
 
 /// More holds than empty slots never hold a pool below its count: a

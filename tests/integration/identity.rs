@@ -49,9 +49,13 @@ fn can_drop_to_nobody(test: &str) -> bool {
     ok
 }
 
-/// A free TCP port below 1024 (only root can bind one).
+/// A free TCP port below 1024 (only root can bind one). The search starts
+/// at an offset taken from the pid, so that test runs side by side (other
+/// checkouts on the same machine) do not both pick the first free one.
 fn low_port() -> u16 {
-    (600..1024)
+    let start = (std::process::id() % 424) as u16;
+    (0..424u16)
+        .map(|i| 600 + (start + i) % 424)
         .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
         .expect("a free port below 1024")
 }
