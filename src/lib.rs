@@ -24,6 +24,7 @@ mod identity;
 mod log;
 mod master;
 mod pool;
+mod preflight;
 mod procfs;
 mod spawn;
 mod systemd;
@@ -57,14 +58,28 @@ pub fn main() -> ExitCode {
     if args.get(1).and_then(|a| a.to_str()) == Some(master::CHECK_ARG) {
         return ExitCode::from(master::check_main(&args[2..]));
     }
-    let config = match cli::parse_args(std::env::args_os()) {
-        Ok(cli::Invocation::Run(config)) => config,
-        Ok(cli::Invocation::Check(path)) => return check(&path),
+    let config = match cli::parse_args_warn(std::env::args_os()) {
+        Ok((cli::Invocation::Run(config), warnings)) => {
+            for w in warnings {
+                eprintln!("einhyrningsins: warning: {w}");
+            }
+            config
+        }
+        Ok((cli::Invocation::Check(path), _)) => return check(&path),
         Err(e) => {
             e.print();
             return code(e.exit_code());
         }
     };
+    // A program that cannot be run would crash-loop forever, holding the
+    // control socket: refuse it before anything starts.
+    let problems = preflight::programs(&config);
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("einhyrningsins: {p}");
+        }
+        return ExitCode::from(2);
+    }
     let name = config
         .master
         .command_name
@@ -113,6 +128,20 @@ fn check(path: &std::path::Path) -> ExitCode {
                 return ExitCode::from(2);
             }
             print!("{}", c.summary());
+            if c.watch.enabled {
+                for (name, p) in &c.pools {
+                    let files: Vec<String> = watch::pool_files(p)
+                        .iter()
+                        .map(|(f, why)| format!("{} ({why})", f.display()))
+                        .collect();
+                    if !files.is_empty() {
+                        println!("watched for pool {name}: {}", files.join(", "));
+                    }
+                }
+            }
+            for w in preflight::warnings(&c) {
+                eprintln!("warning: {w}");
+            }
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }

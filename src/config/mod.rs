@@ -41,7 +41,7 @@ mod walk;
 pub(crate) use bind::BindSpecError;
 pub(crate) use bind::{BindAddr, BindSpec, Family};
 pub(crate) use diff::{diff, ConfigDiff};
-pub(crate) use error::{ConfigError, ConfigErrors, Locations};
+pub(crate) use error::{ConfigError, ConfigErrors, Flags, Locations};
 pub(crate) use value::*;
 
 use std::collections::BTreeMap;
@@ -68,6 +68,9 @@ pub struct Config {
     /// equal, so two configs differing only in layout are equal.
     #[serde(skip)]
     pub locations: Locations,
+    /// The classic command line's flag for each key (empty for a file).
+    #[serde(skip)]
+    pub flags: Flags,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -335,6 +338,7 @@ impl Default for Config {
             master: MasterConfig::default(),
             pools: BTreeMap::new(),
             locations: Locations::default(),
+            flags: Flags::default(),
         }
     }
 }
@@ -360,6 +364,9 @@ impl Config {
         match (self.locations.find(key), &self.source) {
             (Some((line, _)), Some(file)) => format!("{}:{line}", file.display()),
             (Some((line, _)), None) => format!("line {line}"),
+            (None, None) if self.flags.find(key).is_some() => {
+                self.flags.find(key).unwrap_or(key).to_string()
+            }
             (None, _) => key.to_string(),
         }
     }

@@ -16,6 +16,7 @@ mod config_file;
 mod control_socket;
 mod ctl_client;
 mod ctl_shell;
+mod einhorn_flags;
 mod einhorn_wire_ruby;
 mod example_workers;
 mod harness;
