@@ -162,6 +162,12 @@ pub fn command() -> clap::Command {
     Args::command().after_long_help(after_long_help())
 }
 
+/// `check FILE`, as its own command (for the manual page and completions).
+#[cfg(test)]
+pub fn check_command() -> clap::Command {
+    CheckArgs::command().name("check")
+}
+
 /// The classic flags. Field names are the clap ids used to spot flags that make
 /// no sense together with `--config`.
 #[derive(Parser, Debug)]

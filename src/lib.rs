@@ -34,6 +34,8 @@ mod watch;
 #[cfg(test)]
 mod arch_tests;
 #[cfg(test)]
+mod manual;
+#[cfg(test)]
 mod testutil;
 
 pub use control::protocol;

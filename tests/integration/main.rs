@@ -21,6 +21,7 @@ mod einhorn_wire_ruby;
 mod example_workers;
 mod harness;
 mod identity;
+mod manuals;
 mod pools_and_cli;
 mod reexec;
 mod reload;
