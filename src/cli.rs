@@ -103,7 +103,8 @@ CHILD API
       EINHORN_SOCK_PATH     path of the master's control socket
       EINHORN_SOCK_FD       with -g: an fd already connected to the control socket
       EINHORN_MASTER_PID    pid of the master
-      EINHORN_CHILD_INDEX   slot index 0..COUNT-1, unique among live workers
+      EINHORN_CHILD_INDEX   lowest index free at spawn, unique among live workers:
+                            0..COUNT-1 when steady, COUNT and up during upgrades
     In manual ack mode (-m) a worker must write
       {\"command\":\"worker:ack\",\"pid\":<PID>}
     plus a newline to the control socket once it is ready, or it is killed and
@@ -146,9 +147,10 @@ EXAMPLES
 
 EXIT STATUS
     0   normal exit after a shutdown; --help, --version; check found no problem
-    1   the master failed while running (e.g. cannot create its control socket)
-    2   usage error or invalid configuration (file, key and line are named),
-        including an address that cannot be bound at start";
+    1   the master failed while running
+    2   usage error or invalid configuration (file, key and line are named), a
+        PROGRAM that cannot be run, an address that cannot be bound or a control
+        socket that cannot be created at start";
 
 /// `--help`'s epilogue, with the file's keys listed from the schema.
 fn after_long_help() -> String {
