@@ -103,7 +103,8 @@ CHILD API
       EINHORN_SOCK_PATH     path of the master's control socket
       EINHORN_SOCK_FD       with -g: an fd already connected to the control socket
       EINHORN_MASTER_PID    pid of the master
-      EINHORN_CHILD_INDEX   slot index 0..COUNT-1, unique among live workers
+      EINHORN_CHILD_INDEX   lowest index free at spawn, unique among live workers:
+                            0..COUNT-1 when steady, COUNT and up during upgrades
     In manual ack mode (-m) a worker must write
       {\"command\":\"worker:ack\",\"pid\":<PID>}
     plus a newline to the control socket once it is ready, or it is killed and
@@ -146,13 +147,27 @@ EXAMPLES
 
 EXIT STATUS
     0   normal exit after a shutdown; --help, --version; check found no problem
-    1   the master failed while running (e.g. cannot create its control socket)
-    2   usage error or invalid configuration (file, key and line are named),
-        including an address that cannot be bound at start";
+    1   the master failed while running
+    2   usage error or invalid configuration (file, key and line are named), a
+        PROGRAM that cannot be run, an address that cannot be bound or a control
+        socket that cannot be created at start";
 
 /// `--help`'s epilogue, with the file's keys listed from the schema.
 fn after_long_help() -> String {
     AFTER_LONG_HELP.replace("{KEYS}", &config::schema::help_summary())
+}
+
+/// The whole command line as clap sees it, `--help`'s epilogue included: what
+/// parses, and what einhyrningsins(1) and the completion scripts are generated
+/// from (src/manual/).
+pub fn command() -> clap::Command {
+    Args::command().after_long_help(after_long_help())
+}
+
+/// `check FILE`, as its own command (for the manual page and completions).
+#[cfg(test)]
+pub fn check_command() -> clap::Command {
+    CheckArgs::command().name("check")
 }
 
 /// The classic flags. Field names are the clap ids used to spot flags that make
@@ -295,6 +310,32 @@ struct Args {
     #[arg(long = "no-watch", overrides_with = "watch")]
     no_watch: bool,
 
+    /// einhorn's MASTER[:WORKER[:RENICE_CMD]]: the workers' niceness (pool
+    /// `nice`): WORKER if given, else MASTER. The master keeps its own (start it
+    /// under nice(1)); RENICE_CMD is not needed (setpriority(2))
+    #[arg(long, value_name = "LEVEL", value_parser = nice_arg, allow_hyphen_values = true)]
+    nice: Option<NiceArg>,
+
+    /// What `reexec` runs in place of this binary, split on whitespace
+    /// ([master] reexec_as)
+    #[arg(long = "reexec-as", value_name = "CMDLINE")]
+    reexec_as: Option<String>,
+
+    /// `reexec` execs the new binary without running its check mode first
+    /// ([master] upgrade_check = false)
+    #[arg(long = "no-upgrade-check")]
+    no_upgrade_check: bool,
+
+    /// einhorn (Ruby only): load PATH into the master and fork without exec.
+    /// Accepted and ignored with a warning: workers are always exec'd
+    #[arg(short = 'p', long, value_name = "PATH")]
+    preload: Option<PathBuf>,
+
+    /// einhorn (Ruby only): run Ruby's GC before forking. Accepted and ignored
+    /// with a warning
+    #[arg(long = "gc-before-fork")]
+    gc_before_fork: bool,
+
     /// The worker program and its arguments (passed through untouched)
     #[arg(value_name = "PROGRAM", trailing_var_arg = true, num_args = 1..)]
     program: Vec<String>,
@@ -338,6 +379,53 @@ fn ack_arg(s: &str) -> Result<AckArg, String> {
     }
 }
 
+/// einhorn's `--nice MASTER[:WORKER[:RENICE_CMD]]`.
+#[derive(Debug, Clone, PartialEq)]
+struct NiceArg {
+    master: i32,
+    worker: Option<i32>,
+    renice_cmd: Option<String>,
+}
+
+impl NiceArg {
+    /// The workers' level: WORKER when given, else MASTER (einhorn's workers
+    /// inherit the master's level unless WORKER renices them).
+    fn workers(&self) -> i32 {
+        self.worker.unwrap_or(self.master)
+    }
+}
+
+fn nice_arg(s: &str) -> Result<NiceArg, String> {
+    let mut parts = s.splitn(3, ':');
+    let level = |p: Option<&str>| -> Result<Option<i32>, String> {
+        match p.map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(t) => match t.parse::<i32>() {
+                Ok(n) if (-20..=19).contains(&n) => Ok(Some(n)),
+                _ => Err(format!(
+                    "{t:?} is not a nice level from -20 to 19 (MASTER[:WORKER[:RENICE_CMD]])"
+                )),
+            },
+        }
+    };
+    let master = level(parts.next())?;
+    let worker = level(parts.next())?;
+    let renice_cmd = parts.next().filter(|c| !c.is_empty()).map(str::to_string);
+    match (master, worker) {
+        (Some(master), worker) => Ok(NiceArg {
+            master,
+            worker,
+            renice_cmd,
+        }),
+        (None, Some(w)) => Ok(NiceArg {
+            master: w,
+            worker: Some(w),
+            renice_cmd,
+        }),
+        (None, None) => Err("expected a nice level from -20 to 19".to_string()),
+    }
+}
+
 fn bind_arg(s: &str) -> Result<BindSpec, String> {
     BindSpec::parse(s).map_err(|e| e.to_string())
 }
@@ -360,7 +448,7 @@ fn is_ack_mode_word(s: &str) -> bool {
 }
 
 /// Short options that take a value (the next word, or the rest of the word).
-const SHORT_WITH_VALUE: &str = "nbdrlstefc";
+const SHORT_WITH_VALUE: &str = "nbdrlstefcp";
 /// Short options that are switches; `m` is handled specially.
 const SHORT_SWITCHES: &str = "46vqgkhVm";
 /// Long options that take a value.
@@ -382,6 +470,9 @@ const LONG_WITH_VALUE: &[&str] = &[
     "upgrade",
     "config",
     "ack-mode",
+    "nice",
+    "reexec-as",
+    "preload",
 ];
 
 /// Rewrite einhorn's `-m MODE` (and `-mMODE`, `--manual MODE`, `-km MODE`) into
@@ -486,12 +577,24 @@ const POOL_ARGS: &[(&str, &str)] = &[
     ("max_upgrade_additional", "--max-upgrade-additional"),
     ("stop_signal", "--stop-signal"),
     ("upgrade", "--upgrade"),
+    ("nice", "--nice"),
     ("program", "PROGRAM"),
 ];
 
 /// Parse the command line (`args` includes argv\[0\]) into what to do. Every
 /// resulting [`Config`] has passed [`Config::validate`].
+#[cfg_attr(not(test), allow(dead_code))]
 pub fn parse_args<I, T>(args: I) -> Result<Invocation, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    parse_args_warn(args).map(|(inv, _)| inv)
+}
+
+/// [`parse_args`], and the warnings to print before anything runs: einhorn
+/// flags that are accepted but do nothing here (and why).
+pub fn parse_args_warn<I, T>(args: I) -> Result<(Invocation, Vec<String>), CliError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -501,9 +604,9 @@ where
         let mut sub = vec![OsString::from("einhyrningsins check")];
         sub.extend(args.into_iter().skip(2));
         let c = CheckArgs::try_parse_from(sub)?;
-        return Ok(Invocation::Check(c.file));
+        return Ok((Invocation::Check(c.file), Vec::new()));
     }
-    let mut cmd = Args::command().after_long_help(after_long_help());
+    let mut cmd = command();
     let matches = cmd.try_get_matches_from_mut(rewrite_ack_flag(args))?;
     let a = Args::from_arg_matches(&matches)?;
 
@@ -541,8 +644,48 @@ where
         }
     };
     apply_globals(&a, &mut cfg);
-    cfg.validate()?;
-    Ok(Invocation::Run(cfg))
+    cfg.validate().map_err(|e| cfg.flags.rename(e))?;
+    Ok((Invocation::Run(cfg), warnings(&a)))
+}
+
+/// What the einhorn flags that do nothing here are told.
+fn warnings(a: &Args) -> Vec<String> {
+    let mut w = Vec::new();
+    if let Some(p) = &a.preload {
+        w.push(format!(
+            "-p/--preload {}: ignored: einhorn loads that Ruby code into its master \
+             and forks workers from it without exec; einhyrningsins execs PROGRAM \
+             for every worker (see docs/einhorn.md)",
+            p.display()
+        ));
+    }
+    if a.gc_before_fork {
+        w.push(
+            "--gc-before-fork: ignored: it runs Ruby's garbage collector in einhorn's \
+             master before a fork; einhyrningsins is not Ruby and execs every worker \
+             (see docs/einhorn.md)"
+                .to_string(),
+        );
+    }
+    if let Some(n) = &a.nice {
+        if n.worker.is_some_and(|w| w != n.master) {
+            w.push(format!(
+                "--nice {}:{}: workers run at niceness {}; the master keeps its own \
+                 (start it under `nice -n {}` to lower it too)",
+                n.master,
+                n.workers(),
+                n.workers(),
+                n.master
+            ));
+        }
+        if let Some(c) = &n.renice_cmd {
+            w.push(format!(
+                "--nice: RENICE_CMD {c:?} is not run: workers' niceness is set with \
+                 setpriority(2)"
+            ));
+        }
+    }
+    w
 }
 
 fn explicit(m: &ArgMatches, id: &str) -> bool {
@@ -628,7 +771,36 @@ fn one_pool(a: &Args) -> Config {
     if let Some(u) = a.upgrade {
         p.upgrade = u;
     }
+    if let Some(n) = &a.nice {
+        p.identity.nice = Some(n.workers());
+    }
     let mut cfg = Config::default();
+    let key = |k: &str| format!("pools.{name}.{k}");
+    for (k, flag) in [
+        ("command", "PROGRAM"),
+        ("count", "-n"),
+        ("binds", "-b"),
+        ("drop_env", "--drop-env-var"),
+        ("ack", "-m"),
+        ("ack_timer", "-m"),
+        ("retries", "-r"),
+        ("respawn_delay", "-s"),
+        ("stop_timeout", "-t"),
+        ("max_unacked", "--max-unacked"),
+        ("max_surge", "--max-upgrade-additional"),
+        ("stop_signal", "--stop-signal"),
+        ("upgrade", "--upgrade"),
+        ("nice", "--nice"),
+    ] {
+        cfg.flags.insert(key(k), flag);
+    }
+    for (i, b) in p.binds.iter().enumerate() {
+        cfg.flags
+            .insert(format!("{}[{i}]", key("binds")), format!("-b {}", b.raw));
+    }
+    cfg.flags
+        .insert(format!("pools.{name}"), "the command line");
+    cfg.flags.insert("control.socket", "-d");
     cfg.pools.insert(name, p);
     cfg
 }
@@ -673,6 +845,12 @@ fn apply_globals(a: &Args, cfg: &mut Config) {
     }
     if let Some(m) = &a.metrics {
         cfg.metrics.listen = Some(m.clone());
+    }
+    if a.reexec_as.is_some() {
+        cfg.master.reexec_as = a.reexec_as.clone();
+    }
+    if a.no_upgrade_check {
+        cfg.master.upgrade_check = false;
     }
 }
 
@@ -920,7 +1098,7 @@ mod tests {
     fn everything_goes_through_validate() {
         match run(&["--max-unacked", "0", "./s"]) {
             Err(CliError::Config(ConfigErrors(e))) => {
-                assert_eq!(e[0].key, "pools.main.max_unacked", "{e:?}");
+                assert_eq!(e[0].key, "--max-unacked", "{e:?}");
             }
             other => panic!("{other:?}"),
         }
@@ -1082,6 +1260,145 @@ mod tests {
             Err(e) => assert_eq!(e.exit_code(), 0),
             Ok(i) => panic!("{i:?}"),
         }
+    }
+
+    /// Every option of einhorn's `--help` (einhorn 1.0) and of the
+    /// einhyrningsins(1) page is accepted, in einhorn's spelling, and lands
+    /// where it should (or is warned about).
+    #[test]
+    fn every_einhorn_flag_is_accepted() -> Result<(), CliError> {
+        let cases: &[&[&str]] = &[
+            &["-b", "127.0.0.1:9000"],
+            &["--bind", "127.0.0.1:9000,r,n"],
+            &["-c", "name"],
+            &["--command-name", "name"],
+            &["-d", "/tmp/x.sock"],
+            &["--socket-path", "/tmp/x.sock"],
+            &["-e", "/tmp/x.pid"],
+            &["--pidfile", "/tmp/x.pid"],
+            &["-f", "/tmp/x.lock"],
+            &["--lockfile", "/tmp/x.lock"],
+            &["-g"],
+            &["--command-socket-as-fd"],
+            &["-k"],
+            &["--kill-children-on-exit"],
+            &["-l", "100"],
+            &["--backlog", "100"],
+            &["-m", "manual"],
+            &["-m", "2.5"],
+            &["--ack-mode", "manual"],
+            &["-m"],
+            &["--manual"],
+            &["-n", "3"],
+            &["--number", "3"],
+            &["-p", "app.rb"],
+            &["--preload", "app.rb"],
+            &["-q"],
+            &["--quiet"],
+            &["-s", "3"],
+            &["--seconds", "3"],
+            &["-v"],
+            &["--verbose"],
+            &["--drop-env-var", "SECRET"],
+            &["--reexec-as=/usr/local/bin/einhorn-wrapper --flag"],
+            &["--reexec-as", "/usr/local/bin/einhorn-wrapper"],
+            &["--nice", "5"],
+            &["--nice", "0:5"],
+            &["--nice", "0:5:/usr/bin/renice"],
+            &["--gc-before-fork"],
+            &["--no-upgrade-check"],
+            &["-t", "10"],
+            &["--signal-timeout=10"],
+            &["--max-unacked=2"],
+            &["--max-upgrade-additional=2"],
+            &["-4"],
+            &["--ipv4-only"],
+            &["-6"],
+            &["--ipv6-only"],
+            &["--syslog"],
+            &["-r", "3"],
+            &["--retries", "3"],
+        ];
+        for flags in cases {
+            let mut args = flags.to_vec();
+            args.extend(["--", "./server", "arg"]);
+            let c = run(&args).unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+            assert_eq!(pool(&c).command, vec!["./server", "arg"], "{flags:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn einhorn_master_flags_map_onto_the_master() -> Result<(), CliError> {
+        let c = run(&[
+            "--reexec-as",
+            "/opt/wrapper --x",
+            "--no-upgrade-check",
+            "./s",
+        ])?;
+        assert_eq!(c.master.reexec_as.as_deref(), Some("/opt/wrapper --x"));
+        assert!(!c.master.upgrade_check);
+        let c = run(&["./s"])?;
+        assert!(c.master.upgrade_check && c.master.reexec_as.is_none());
+        Ok(())
+    }
+
+    fn warned(args: &[&str]) -> (Config, Vec<String>) {
+        let mut v = vec!["einhyrningsins"];
+        v.extend_from_slice(args);
+        match parse_args_warn(v) {
+            Ok((Invocation::Run(c), w)) => (c, w),
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn nice_sets_the_pools_niceness() {
+        let (c, w) = warned(&["--nice", "5", "./s"]);
+        assert_eq!(pool(&c).identity.nice, Some(5));
+        assert!(w.is_empty(), "{w:?}");
+        let (c, w) = warned(&["--nice", "-3", "./s"]);
+        assert_eq!(pool(&c).identity.nice, Some(-3), "{w:?}");
+        let (c, w) = warned(&["--nice", "2:7", "./s"]);
+        assert_eq!(pool(&c).identity.nice, Some(7));
+        assert!(w.len() == 1 && w[0].contains("nice -n 2"), "{w:?}");
+        let (c, w) = warned(&["--nice", "7:7:/usr/bin/renice", "./s"]);
+        assert_eq!(pool(&c).identity.nice, Some(7));
+        assert!(w.len() == 1 && w[0].contains("RENICE_CMD"), "{w:?}");
+        for bad in ["20", "x", "", "1:99"] {
+            let e = usage_error(&["--nice", bad, "./s"]);
+            assert!(e.contains("--nice"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn ruby_only_flags_are_accepted_with_a_warning() {
+        let (c, w) = warned(&["-p", "app.rb", "--gc-before-fork", "-n", "2", "./s"]);
+        assert_eq!(pool(&c).count, 2);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("--preload app.rb") && w[0].contains("ignored"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].contains("--gc-before-fork") && w[1].contains("ignored"),
+            "{w:?}"
+        );
+        // -p takes a value: the program is not mistaken for it.
+        let (c, _) = warned(&["-p", "app.rb", "./s", "-p"]);
+        assert_eq!(pool(&c).command, vec!["./s", "-p"]);
+    }
+
+    #[test]
+    fn classic_errors_name_the_flag_not_the_key() {
+        let e = usage_error(&["-n", "200000", "./s"]);
+        assert!(e.starts_with("-n: "), "{e}");
+        assert!(!e.contains("pools.main"), "{e}");
+        let e = usage_error(&["-b", "127.0.0.1:1", "-b", "127.0.0.1:1,r", "./s"]);
+        assert!(e.contains("-b 127.0.0.1:1,r: "), "{e}");
+        assert!(!e.contains("pools.main"), "{e}");
+        let e = usage_error(&["--max-upgrade-additional", "0", "./s"]);
+        assert!(e.contains("--max-upgrade-additional"), "{e}");
     }
 
     #[test]

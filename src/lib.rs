@@ -26,6 +26,7 @@ mod master;
 mod metrics;
 mod output;
 mod pool;
+mod preflight;
 mod procfs;
 mod spawn;
 mod systemd;
@@ -37,6 +38,8 @@ mod arch_tests;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod manual;
 #[cfg(test)]
 mod testutil;
 
@@ -62,14 +65,28 @@ pub fn main() -> ExitCode {
     if args.get(1).and_then(|a| a.to_str()) == Some(master::CHECK_ARG) {
         return ExitCode::from(master::check_main(&args[2..]));
     }
-    let config = match cli::parse_args(std::env::args_os()) {
-        Ok(cli::Invocation::Run(config)) => config,
-        Ok(cli::Invocation::Check(path)) => return check(&path),
+    let config = match cli::parse_args_warn(std::env::args_os()) {
+        Ok((cli::Invocation::Run(config), warnings)) => {
+            for w in warnings {
+                eprintln!("einhyrningsins: warning: {w}");
+            }
+            config
+        }
+        Ok((cli::Invocation::Check(path), _)) => return check(&path),
         Err(e) => {
             e.print();
             return code(e.exit_code());
         }
     };
+    // A program that cannot be run would crash-loop forever, holding the
+    // control socket: refuse it before anything starts.
+    let problems = preflight::programs(&config);
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("einhyrningsins: {p}");
+        }
+        return ExitCode::from(2);
+    }
     let name = config
         .master
         .command_name
@@ -118,6 +135,20 @@ fn check(path: &std::path::Path) -> ExitCode {
                 return ExitCode::from(2);
             }
             print!("{}", c.summary());
+            if c.watch.enabled {
+                for (name, p) in &c.pools {
+                    let files: Vec<String> = watch::pool_files(p)
+                        .iter()
+                        .map(|(f, why)| format!("{} ({why})", f.display()))
+                        .collect();
+                    if !files.is_empty() {
+                        println!("watched for pool {name}: {}", files.join(", "));
+                    }
+                }
+            }
+            for w in preflight::warnings(&c) {
+                eprintln!("warning: {w}");
+            }
             println!("{}: OK", path.display());
             ExitCode::SUCCESS
         }

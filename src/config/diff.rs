@@ -175,6 +175,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let Config {
         source: _,
         locations: _,
+        flags: _,
         control,
         log,
         watch,

@@ -117,3 +117,58 @@ impl Locations {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Flags
+
+/// For a configuration built from the classic command line: the flag each
+/// dotted key came from, as typed (`-n`, `-b 127.0.0.1:8080`), so that a
+/// message names what the operator wrote rather than `pools.main.count`.
+/// Like [`Locations`], it always compares equal.
+#[derive(Debug, Clone, Default)]
+pub struct Flags(BTreeMap<String, String>);
+
+impl PartialEq for Flags {
+    fn eq(&self, _: &Flags) -> bool {
+        true
+    }
+}
+
+impl Flags {
+    pub fn insert(&mut self, key: impl Into<String>, flag: impl Into<String>) {
+        self.0.insert(key.into(), flag.into());
+    }
+
+    /// The flag of the key, else of its nearest recorded parent.
+    pub fn find(&self, key: &str) -> Option<&str> {
+        let mut k = key;
+        loop {
+            if let Some(f) = self.0.get(k) {
+                return Some(f);
+            }
+            let cut = k.rfind(['.', '['])?;
+            k = &k[..cut];
+        }
+    }
+
+    /// `errors` with each key replaced by the flag it came from, when known.
+    pub fn rename(&self, mut errors: ConfigErrors) -> ConfigErrors {
+        for e in &mut errors.0 {
+            if let Some(f) = self.find(&e.key) {
+                let f = f.to_string();
+                // "address ... already bound by pools.main.binds[0]"
+                for (k, v) in &self.0 {
+                    if k.contains('[') {
+                        e.message = e.message.replace(k, v);
+                    }
+                }
+                for v in self.0.values() {
+                    e.message = e.message.replace(&format!("{v} ({v})"), v);
+                }
+                e.message = e.message.trim_end().to_string();
+                e.key = f;
+            }
+        }
+        errors
+    }
+}

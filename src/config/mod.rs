@@ -43,7 +43,7 @@ mod walk;
 pub(crate) use bind::BindSpecError;
 pub(crate) use bind::{BindAddr, BindSpec, Family};
 pub(crate) use diff::{diff, ConfigDiff};
-pub(crate) use error::{ConfigError, ConfigErrors, Locations};
+pub(crate) use error::{ConfigError, ConfigErrors, Flags, Locations};
 pub(crate) use metrics::{MetricsConfig, MetricsListen};
 pub(crate) use value::*;
 
@@ -74,6 +74,9 @@ pub struct Config {
     /// equal, so two configs differing only in layout are equal.
     #[serde(skip)]
     pub locations: Locations,
+    /// The classic command line's flag for each key (empty for a file).
+    #[serde(skip)]
+    pub flags: Flags,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -365,6 +368,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             pools: BTreeMap::new(),
             locations: Locations::default(),
+            flags: Flags::default(),
         }
     }
 }
@@ -390,6 +394,9 @@ impl Config {
         match (self.locations.find(key), &self.source) {
             (Some((line, _)), Some(file)) => format!("{}:{line}", file.display()),
             (Some((line, _)), None) => format!("line {line}"),
+            (None, None) if self.flags.find(key).is_some() => {
+                self.flags.find(key).unwrap_or(key).to_string()
+            }
             (None, _) => key.to_string(),
         }
     }

@@ -198,7 +198,7 @@ pub const KEYS: &[Key] = &[
     key(Pool, "upgrade", "\"smooth\" | \"fleet\"", "\"smooth\"", Retune,
         "smooth: each new ack retires one old worker; fleet: all new first, then all old retired."),
     key(Pool, "watch", "array of paths", "[]", Retune,
-        "Files whose change rolls this pool (besides its executable)."),
+        "Files whose change rolls this pool, besides its executable and every argument of `command` that names an existing file (the script of `python3 app.py`); `check` lists what is watched."),
     key(Pool, "command_socket_as_fd", "boolean", "false", Roll,
         "Give each worker an fd already connected to the control socket (EINHORN_SOCK_FD; einhorn -g)."),
     key(Pool, "kill_children_on_exit", "boolean", "false", Roll,

@@ -52,6 +52,24 @@ impl Config {
                 let _ = writeln!(s, "  argv:     {}", shell_words(&argv));
             }
             let _ = writeln!(s, "  count:    {}", p.count);
+            if let Some(cwd) = &p.cwd {
+                let _ = writeln!(s, "  cwd:      {}", cwd.display());
+            }
+            if !p.env.is_empty() {
+                let env: Vec<String> = p
+                    .env
+                    .iter()
+                    .map(|(k, v)| shell_words(&[format!("{k}={v}")]))
+                    .collect();
+                let _ = writeln!(s, "  env:      {}", env.join(" "));
+            }
+            if !p.drop_env.is_empty() {
+                let _ = writeln!(s, "  drop_env: {}", p.drop_env.join(" "));
+            }
+            if !p.watch.is_empty() {
+                let w: Vec<String> = p.watch.iter().map(|w| w.display().to_string()).collect();
+                let _ = writeln!(s, "  watch:    {}", w.join(" "));
+            }
             if p.binds.is_empty() {
                 let _ = writeln!(s, "  binds:    none");
             } else {

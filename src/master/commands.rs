@@ -303,7 +303,7 @@ impl Master {
                 })
             }
         };
-        let n = self.change_count(&name, f)?;
+        let n = self.change_count(&name, command, f)?;
         Ok(format!("pool {name}: count is now {n}"))
     }
 
@@ -322,7 +322,9 @@ impl Master {
 }
 
 fn help() -> String {
-    let mut s = String::from("Commands (add \"pool\": NAME to address one pool):\n");
+    let mut s = String::from(
+        "Commands (einhyrningsinsctl --pool NAME, or \"pool\": NAME in a request, addresses one pool):\n",
+    );
     for c in COMMANDS {
         let _ = writeln!(s, "  {:<16} {}", c.usage(), c.help);
     }

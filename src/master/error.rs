@@ -74,8 +74,8 @@ pub enum RuntimeError {
     #[error("no pool named {name:?}; pools: {pools}")]
     UnknownPool { name: String, pools: String },
     #[error(
-        "{command} changes a count: say which pool (\"pool\": NAME in the request; \
-         einhyrningsinsctl --pool NAME); pools: {pools}"
+        "{command} changes a count: say which pool (einhyrningsinsctl --pool NAME \
+         {command}; in a request, \"pool\": NAME); pools: {pools}"
     )]
     PoolNeeded {
         command: &'static str,

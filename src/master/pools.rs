@@ -31,10 +31,12 @@ impl Master {
         }
     }
 
-    /// Set a pool's count to `f(count)`, capped by [`MAX_WORKERS`].
+    /// Set a pool's count to `f(count)`, capped by [`MAX_WORKERS`]; `why`
+    /// (the command or signal) is recorded as the pool's last change.
     pub(super) fn change_count(
         &mut self,
         name: &str,
+        why: &str,
         f: impl FnOnce(usize) -> usize,
     ) -> Result<usize, RuntimeError> {
         let Some(e) = self.pools.get_mut(name) else {
@@ -47,8 +49,12 @@ impl Master {
                 count: n,
             });
         }
+        let old = e.pool.count();
         let actions = e.pool.set_count(n, Instant::now())?;
         self.execute(name, actions);
+        if n != old {
+            self.note_change(name, format!("count {old} -> {n} ({why})"));
+        }
         Ok(n)
     }
 

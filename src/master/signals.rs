@@ -26,9 +26,9 @@ impl Master {
                     let delta: isize = if sig == sigs::SIGTTIN { 1 } else { -1 };
                     if self.pools.len() == 1 {
                         if let Some(name) = self.pools.keys().next().cloned() {
-                            if let Err(e) =
-                                self.change_count(&name, |c| c.saturating_add_signed(delta))
-                            {
+                            if let Err(e) = self.change_count(&name, signal_name(sig), |c| {
+                                c.saturating_add_signed(delta)
+                            }) {
                                 log::warn!("{}: {e}", signal_name(sig));
                             }
                         }

@@ -86,6 +86,20 @@ impl Master {
             if let Some(o) = self.output_status(name) {
                 let _ = writeln!(s, "{o}");
             }
+            if let Some(configured) = self.configured_count(name) {
+                let _ = writeln!(
+                    s,
+                    "  count: {} set at run time ({} says {configured}; a reload keeps {} \
+                     unless the file's count changes)",
+                    p.count(),
+                    if self.config.source.is_some() {
+                        "the file"
+                    } else {
+                        "the command line"
+                    },
+                    p.count()
+                );
+            }
             if let Some(argv) = shown_argv(p.spec(), &e.sockets) {
                 let _ = writeln!(s, "  argv: {}", argv.join(" "));
             }
@@ -237,6 +251,7 @@ impl Master {
                 name.clone(),
                 json!({
                     "count": p.count(),
+                    "configured_count": self.config.pools.get(name).map(|c| c.count),
                     "version": p.version(),
                     "acked": p.acked(),
                     "draining": p.draining(),
@@ -324,6 +339,16 @@ impl Master {
             }
         }
         Value::Object(m)
+    }
+}
+
+impl Master {
+    /// The configured count of `name` when the running count differs from it
+    /// (`inc`, `dec`, `set_workers`, TTIN/TTOU since the last reload).
+    fn configured_count(&self, name: &str) -> Option<usize> {
+        let configured = self.config.pools.get(name)?.count;
+        let running = self.pools.get(name)?.pool.count();
+        (configured != running).then_some(configured)
     }
 }
 

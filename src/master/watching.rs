@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::token::Source;
 use super::{Deadline, Master, WatchOwner};
-use crate::watch::{resolve_executable, FileWatcher};
+use crate::watch::{pool_files, FileWatcher};
 
 impl Master {
     /// Start the watcher thread (if enabled) and watch what the config names.
@@ -57,19 +57,14 @@ impl Master {
         }
         for (name, pool) in &self.config.pools {
             let owner = WatchOwner::Pool(name.clone());
-            let path_env = match pool.env.get("PATH") {
-                Some(p) => Some(std::ffi::OsString::from(p)),
-                None if pool.drop_env.iter().any(|v| v == "PATH") => None,
-                None => std::env::var_os("PATH"),
-            };
+            let files = pool_files(pool);
             if let Some(cmd0) = pool.command.first() {
-                match resolve_executable(cmd0, pool.cwd.as_deref(), path_env.as_deref()) {
-                    Some(exe) => add(exe, owner.clone()),
-                    None => log::warn!("pool {name}: {cmd0:?} not found in PATH; not watching it"),
+                if !files.iter().any(|(_, why)| *why == "executable") {
+                    log::warn!("pool {name}: {cmd0:?} not found in PATH; not watching it");
                 }
             }
-            for w in &pool.watch {
-                add(w.clone(), owner.clone());
+            for (p, _) in files {
+                add(p, owner.clone());
             }
         }
         let n = wanted.len();

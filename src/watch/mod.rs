@@ -783,6 +783,47 @@ impl<O: Clone + Ord> FileWatcher<O> {
     }
 }
 
+/// The PATH a pool's workers get: the pool's `env` PATH, else the master's
+/// (none when `drop_env` drops it: execvp's default applies).
+pub fn pool_path_env(pool: &crate::config::PoolConfig) -> Option<std::ffi::OsString> {
+    match pool.env.get("PATH") {
+        Some(p) => Some(std::ffi::OsString::from(p)),
+        None if pool.drop_env.iter().any(|v| v == "PATH") => None,
+        None => std::env::var_os("PATH"),
+    }
+}
+
+/// What a change of rolls `pool`, and why each is watched: its resolved
+/// executable, every argument of its command that names an existing regular
+/// file (`python3 app.py` watches `app.py`, what users edit), and its `watch`
+/// paths. Relative paths as the worker sees them (against `cwd` when set).
+pub fn pool_files(pool: &crate::config::PoolConfig) -> Vec<(PathBuf, &'static str)> {
+    let mut out: Vec<(PathBuf, &'static str)> = Vec::new();
+    let cwd = pool.cwd.as_deref();
+    if let Some(cmd0) = pool.command.first() {
+        let path_env = pool_path_env(pool);
+        if let Some(exe) = resolve_executable(cmd0, cwd, path_env.as_deref()) {
+            out.push((exe, "executable"));
+        }
+    }
+    for arg in pool.command.iter().skip(1) {
+        if arg.is_empty() || arg.starts_with('-') || arg.contains("{fd:") {
+            continue;
+        }
+        let p = match cwd {
+            Some(c) if !Path::new(arg).is_absolute() => c.join(arg),
+            _ => PathBuf::from(arg),
+        };
+        if fs::metadata(&p).is_ok_and(|m| m.is_file()) && !out.iter().any(|(q, _)| *q == p) {
+            out.push((p, "argument"));
+        }
+    }
+    for w in &pool.watch {
+        out.push((w.clone(), "watch"));
+    }
+    out
+}
+
 /// Find the file `cmd0` names the way execvp would: a name containing `/` is a
 /// path (relative to `cwd`, the worker's working directory, when given);
 /// otherwise each PATH entry is tried in order (an empty entry is the working

@@ -96,3 +96,69 @@ fn ttin_and_ttou_scale_the_pool() {
     let gone: Vec<i32> = two.into_iter().filter(|p| !left.contains(p)).collect();
     wait_all_dead(&gone, Duration::from_secs(5));
 }
+
+#[test]
+fn status_shows_a_count_set_at_run_time_and_its_last_change() {
+    let m = MasterBuilder::config(
+        "[control]\nsocket = \"{sock}\"\n[watch]\nenabled = false\n\
+         [pools.web]\ncommand = [\"{worker}\"]\ncount = 1\nack_timer = \"50ms\"\n",
+    )
+    .start();
+    m.wait_acked("web", 1);
+    let status = |m: &Master| String::from_utf8_lossy(&m.ctl(&["status"]).stdout).into_owned();
+    assert!(!status(&m).contains("set at run time"), "{}", status(&m));
+    let out = m.ctl(&["--pool", "web", "set_workers", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    m.wait_acked("web", 3);
+    let s = status(&m);
+    assert!(
+        s.contains("count: 3 set at run time (the file says 1;"),
+        "{s}"
+    );
+    assert!(s.contains("last change: count 1 -> 3 (set_workers)"), "{s}");
+    assert_eq!(m.state()["pools"]["web"]["configured_count"], 1);
+    // Back to the file's count: nothing to say any more but the change.
+    let out = m.ctl(&["--pool", "web", "dec"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = m.ctl(&["--pool", "web", "dec"]);
+    assert!(out.status.success(), "{out:?}");
+    let s = status(&m);
+    assert!(!s.contains("set at run time"), "{s}");
+    assert!(s.contains("last change: count 2 -> 1 (dec)"), "{s}");
+}
+
+#[test]
+fn the_shell_refuses_a_pool_that_does_not_exist_and_hints_name_the_flag() {
+    let m = MasterBuilder::config(
+        "[control]\nsocket = \"{sock}\"\n[watch]\nenabled = false\n\
+         [pools.web]\ncommand = [\"{worker}\"]\nack_timer = \"50ms\"\n\
+         [pools.api]\ncommand = [\"{worker}\"]\nack_timer = \"50ms\"\n",
+    )
+    .start();
+    m.wait_acked("web", 1);
+    let script = |text: &str| {
+        let file = m.dir.join("script.txt");
+        std::fs::write(&file, text).expect("write script");
+        Proc::new(CTL)
+            .arg("-d")
+            .arg(&m.sock)
+            .stdin(std::fs::File::open(&file).expect("open script"))
+            .output()
+            .expect("ctl")
+    };
+    let out = script("pool nosuch\ninc\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no pool named \"nosuch\"; pools: api, web"),
+        "{err}"
+    );
+    // The default pool was not set: `inc` still needs one, and says how.
+    assert!(
+        err.contains("say which pool (einhyrningsinsctl --pool NAME inc"),
+        "{err}"
+    );
+    let out = script("pool web\ninc\n");
+    assert!(out.status.success(), "{out:?}");
+    m.wait_acked("web", 2);
+}

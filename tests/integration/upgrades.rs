@@ -28,6 +28,10 @@ fn pool_toml(count: usize, extra: &str) -> String {
         r#"
 [control]
 socket = "{{sock}}"
+# These tests edit w.sh and then ask for the upgrade themselves; the watcher
+# would roll on the edit too (a command's file arguments are watched).
+[watch]
+enabled = false
 [pools.web]
 command = ["/bin/sh", "{{dir}}/w.sh"]
 count = {count}
@@ -412,7 +416,7 @@ ack = "manual"
         )
     };
     let toml = format!(
-        "[control]\nsocket = \"{{sock}}\"\n{}{}",
+        "[control]\nsocket = \"{{sock}}\"\n[watch]\nenabled = false\n{}{}",
         pool("a", "max_unacked = 1\nmax_surge = 4"),
         pool("b", "max_unacked = 4\nmax_surge = 2")
     );

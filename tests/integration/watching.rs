@@ -223,3 +223,21 @@ fn watching_off_by_flag_or_config_changes_nothing() {
     assert_no_roll(&by_flag);
     assert_no_roll(&by_cfg);
 }
+
+#[test]
+fn editing_a_script_named_in_the_command_rolls_its_pool() {
+    // `python3 app.py`, `sh w.sh`: what users edit is an argument, not
+    // command[0]. An argument that names an existing file is watched.
+    let cfg = format!(
+        "{}{}",
+        watch_head("100ms"),
+        pool_toml("web", "\"/bin/sh\", \"{dir}/w.sh\"", 2, "")
+    );
+    let m = MasterBuilder::config(&cfg)
+        .files(&[("w.sh", "exec {worker} --version-tag v1\n")])
+        .start();
+    let web = m.wait_acked("web", 2);
+    let v = m.version("web");
+    m.put_file("w.sh", "exec {worker} --version-tag v2\n");
+    m.wait_rolled("web", v + 1, 2, &web);
+}

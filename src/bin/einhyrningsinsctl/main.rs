@@ -7,6 +7,9 @@
 //! JSON lines on the master's unix control socket (BRIEF §3).
 
 mod conn;
+#[cfg(test)]
+mod manual;
+mod pools;
 mod shell;
 mod top;
 mod words;
@@ -140,6 +143,11 @@ struct Cli {
     #[arg(short = 'e', long = "execute", value_name = "CMD")]
     execute: Option<String>,
 
+    /// Hidden, for the completion scripts: print the master's pool names, one
+    /// per line (nothing, exit 3, when no master answers)
+    #[arg(long = "list-pools", hide = true)]
+    list_pools: bool,
+
     /// Command and arguments as plain words (or only arguments, after -e)
     #[arg(value_name = "WORDS", allow_negative_numbers = true)]
     words: Vec<String>,
@@ -156,6 +164,11 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 30s, 500ms or 10m: {e}"))
+}
+
+/// The command line as clap sees it, `--help`'s epilogue included.
+fn command() -> clap::Command {
+    Cli::command().after_long_help(after_help())
 }
 
 /// `--help`'s epilogue, with the master's commands from its own table.
@@ -217,8 +230,7 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::command()
-        .after_long_help(after_help())
+    let cli = match command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m))
     {
@@ -230,6 +242,9 @@ fn main() -> ExitCode {
         json: cli.json,
         timeout_flag: cli.timeout,
     };
+    if cli.list_pools {
+        return ExitCode::from(pools::list(&settings));
+    }
     let mut words = cli.words;
     let canary = cli.canary;
     let command = match cli.execute {

@@ -64,6 +64,11 @@ pub fn run(settings: &Settings, pool: Option<String>) -> u8 {
     if session.interactive {
         interactive(&mut session)
     } else {
+        // A script is for a master: without one, say so and fail (exit 3)
+        // even if no line of it would have reached the master.
+        if let Err(e) = session.ensure_connected() {
+            return crate::report(&e);
+        }
         script(&mut session)
     }
 }
@@ -227,10 +232,24 @@ impl Session<'_> {
                 self.pool = None;
                 0
             }
-            [p] => {
-                self.pool = Some(p.clone());
-                0
-            }
+            [p] => match self.pool_names() {
+                Ok(names) if names.contains(p) => {
+                    self.pool = Some(p.clone());
+                    0
+                }
+                Ok(names) => {
+                    eprintln!(
+                        "no pool named {p:?}; pools: {} (the default pool is {})",
+                        names.join(", "),
+                        self.pool.as_deref().unwrap_or("unset")
+                    );
+                    EXIT_FAILURE
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    e.exit_code()
+                }
+            },
             _ => {
                 eprintln!("usage: pool NAME (or `pool -` to clear)");
                 EXIT_USAGE
@@ -268,6 +287,29 @@ impl Session<'_> {
         })?;
         self.conn = Some(conn);
         Ok(())
+    }
+
+    /// The master's pool names (from `state`), to check `pool NAME`.
+    fn pool_names(&mut self) -> Result<Vec<String>, CtlError> {
+        self.ensure_connected()?;
+        let id = self.take_id();
+        let timeout = self.settings.timeout_for("state");
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let mut message = String::new();
+        let req = crate::conn::request("state", &[], id, None, None);
+        let result = conn.request(&req, timeout, &mut |r| {
+            message = r.reply.message.clone();
+            Ok(())
+        });
+        if let Err(e) = result {
+            if e.breaks_connection() {
+                self.conn = None;
+            }
+            return Err(e);
+        }
+        Ok(crate::pools::names(&message))
     }
 
     fn send(&mut self, command: &str, args: &[String], pool: Option<&str>) -> u8 {
