@@ -236,8 +236,19 @@ ack_timeout = "20s"
         }
     }
     // The socket root bound below 1024 serves, from nobody's workers.
-    let (code, body) =
-        http_get_status(&format!("127.0.0.1:{port}"), "/").expect("the low port answers");
+    // A worker may still be between its report and its first accept; a
+    // request that races it is retried until the deadline.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (code, body) = loop {
+        match http_get_status(&format!("127.0.0.1:{port}"), "/") {
+            Ok(r) => break r,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("low port {port}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("the low port {port} does not answer: {e}"),
+        }
+    };
     assert_eq!(code, 200);
     assert_eq!(body.trim(), format!("uid={NOBODY}"));
     // And the count is still 2: the refused set_workers 0 changed nothing.
