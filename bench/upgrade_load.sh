@@ -10,11 +10,15 @@
 #             queue in its backlog instead of being refused;
 #   remaster: stops the whole master gracefully (`die`, wait for it to exit) and
 #             starts a new one: the socket is closed in between, which is what a
-#             service without a socket master goes through.
+#             service without a socket master goes through;
+#   canary:   `upgrade --canary 1` (one new worker, then the pool holds with
+#             both versions), then `promote` (the rest rolls);
+#   canary-rollback: `upgrade --canary 1`, then `rollback` (the canary is
+#             retired, the old version back at full count).
 # Each in two client modes: `Connection: close` (a new connection per request)
 # and keep-alive. Prints one table row per run (and writes it to $OUT).
 #
-# Usage: bench/upgrade_load.sh [rolling|stopall|remaster ...]
+# Usage: bench/upgrade_load.sh [rolling|stopall|remaster|canary|canary-rollback ...]
 # Environment: DURATION (30), INTERVAL (3), CONNS (64), THREADS (2),
 #              OUT (target/upgrade-bench.md), MODES ("close keepalive"),
 #              WORKER_FLAGS (extra http_worker flags, e.g. "--drain-idle-ms 0").
@@ -46,6 +50,10 @@ MASTER_PID=
 cleanup() {
     if [ -n "$MASTER_PID" ]; then kill -TERM "$MASTER_PID" 2>/dev/null || true; fi
     wait 2>/dev/null || true
+    if [ -s "$WORK/errors.log" ]; then
+        echo "replacements that failed said:" >&2
+        sort "$WORK/errors.log" | uniq -c | sort -rn | head -5 >&2
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -117,6 +125,15 @@ replace_all() {
             ctl -e set_workers 4 >/dev/null && wait_counts "4 4"
         ;;
     remaster) stop_master && start_master ;;
+    canary)
+        ctl --pool web upgrade --canary 1 >/dev/null 2>>"$WORK/errors.log" &&
+            ctl --pool web promote >/dev/null 2>>"$WORK/errors.log"
+        ;;
+    canary-rollback)
+        ctl --pool web upgrade --canary 1 >/dev/null 2>>"$WORK/errors.log" &&
+            ctl --pool web rollback >/dev/null 2>>"$WORK/errors.log" &&
+            wait_counts "4 4"
+        ;;
     esac
 }
 
