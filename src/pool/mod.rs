@@ -28,12 +28,14 @@ use nix::sys::signal::Signal;
 use crate::config::{AckMode, PoolConfig, UpgradeStrategy, MAX_RESPAWN_DELAY};
 
 mod event;
+mod holds;
 mod persist;
 mod recycle;
 mod types;
 mod upgrade;
 
 pub use event::{Level, PoolEvent};
+use holds::{Held, Holds};
 pub use persist::{At, PoolSnapshot, RestoreError};
 pub use types::*;
 use types::{Bucket, TimerKey, Upgrade};
@@ -71,7 +73,7 @@ pub struct Pool {
     /// Empty slots held back by a backoff, earliest first: a slot whose
     /// worker died before it acked waits `respawn_delay × 1.5^(streak-1)`.
     /// Every other empty slot is refilled at once.
-    held: Vec<Held>,
+    held: Holds,
     /// Backoff last reported in the log: a crash loop of many workers repeats
     /// the same capped delay once per death, which says nothing new.
     logged_backoff: Option<Duration>,
@@ -104,7 +106,7 @@ impl Pool {
             failures: 0,
             recycling: BTreeSet::new(),
             previous: None,
-            held: Vec::new(),
+            held: Holds::default(),
             logged_backoff: None,
             gave_up: false,
             shutdown: None,
@@ -171,7 +173,7 @@ impl Pool {
     }
     /// When the next slot held back by a backoff may be refilled.
     pub fn respawn_at(&self) -> Option<Instant> {
-        self.held.first().map(|h| h.at)
+        self.held.first_at()
     }
     pub fn failures(&self) -> u32 {
         self.failures
@@ -618,26 +620,27 @@ impl Pool {
 
     /// Hold one empty slot back until `at`.
     pub(super) fn hold(&mut self, at: Instant, streak: u32) {
-        let i = self.held.partition_point(|h| h.at <= at);
-        self.held.insert(i, Held { at, streak });
+        self.held.push(at, streak);
         self.timers.insert((at, TimerKey::Respawn));
     }
 
-    /// Take the hold at position `i`, and its timer unless another hold
-    /// shares the instant.
-    fn unhold(&mut self, i: usize) -> Held {
-        let h = self.held.remove(i);
-        if !self.held.iter().any(|o| o.at == h.at) {
+    /// Take the earliest (or the latest) hold, and its timer unless another
+    /// hold shares the instant.
+    fn unhold(&mut self, latest: bool) -> Option<Held> {
+        let h = if latest {
+            self.held.pop_last()
+        } else {
+            self.held.pop_first()
+        }?;
+        if !self.held.has_at(h.at) {
             self.timers.remove(&(h.at, TimerKey::Respawn));
         }
-        h
+        Some(h)
     }
 
     /// Forget every hold (an operator action, an abandoned upgrade).
     pub(super) fn clear_holds(&mut self) {
-        while !self.held.is_empty() {
-            self.unhold(self.held.len() - 1);
-        }
+        while self.unhold(true).is_some() {}
     }
 
     fn deadline_passed(&mut self, id: WorkerId, now: Instant, out: &mut Vec<Action>) {
@@ -1018,8 +1021,8 @@ impl Pool {
     ) {
         let mut left = n;
         // Held slots whose time has come, earliest (so longest waiting) first.
-        while left > 0 && !self.gave_up && self.held.first().is_some_and(|h| h.at <= now) {
-            let h = self.unhold(0);
+        while left > 0 && !self.gave_up && self.held.first_at().is_some_and(|t| t <= now) {
+            let Some(h) = self.unhold(false) else { break };
             self.spawn_one(version.clone(), h.streak, now, out);
             left -= 1;
         }
@@ -1049,7 +1052,7 @@ impl Pool {
                 // No more holds than empty slots (a scale-down, or holds left
                 // from an upgrade): the latest, longest holds go first.
                 while self.held.len() > count.saturating_sub(live) {
-                    self.unhold(self.held.len() - 1);
+                    self.unhold(true);
                 }
                 if live > count {
                     for id in self.pick(live - count, |_| true) {
@@ -1062,14 +1065,6 @@ impl Pool {
             Some(up) => self.reconcile_upgrade(&up, now, out),
         }
     }
-}
-
-/// An empty slot held back by a backoff (see [`Pool::spawn_n_of`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Held {
-    pub(crate) at: Instant,
-    /// Consecutive deaths before ack of the slot's workers.
-    pub(crate) streak: u32,
 }
 
 /// `now + d`, saturating: settings are bounded where they are parsed

@@ -1617,7 +1617,7 @@ fn a_version_that_cannot_start_backs_off_in_every_slot_at_once() {
     assert_eq!(s.pool.failures(), 8);
     assert_eq!(s.pool.len(), 0);
     // The last slot to fail waits the pool's 8-failure delay.
-    let last = s.pool.held.last().unwrap().at;
+    let last = s.pool.held.iter().next_back().unwrap().at;
     assert_eq!(last, s.now + backoff(S, 8));
     for _ in 0..3 {
         while s.unacked().len() < 8 {

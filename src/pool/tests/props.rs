@@ -66,7 +66,7 @@ impl Os {
 
     fn check(&self) {
         let p = &self.pool;
-        if p.workers.len() > 1000 {
+        if p.workers.len() > 1000 || p.held.len() > 1000 {
             return; // a 100,000-worker pool: the walk below would dominate
         }
         assert_eq!(
@@ -74,10 +74,8 @@ impl Os {
             p.workers.len(),
             "buckets cover workers"
         );
-        assert!(
-            p.held.windows(2).all(|w| w[0].at <= w[1].at),
-            "holds sorted"
-        );
+        let holds: Vec<Instant> = p.held.iter().map(|h| h.at).collect();
+        assert!(holds.windows(2).all(|w| w[0] <= w[1]), "holds sorted");
         // A hold still to come has its timer (a past one is refilled at the
         // next chance: an ack, an exit, room in an upgrade).
         for h in p.held.iter().filter(|h| h.at > self.now) {
@@ -254,6 +252,15 @@ fn a_pool_of_100000_workers_starts_upgrades_and_stops() {
     let a = os.pool.start(os.now);
     os.apply(a);
     assert_eq!(os.queued.len(), 100_000);
+    // A version that cannot start, twice: 100,000 holds, then all refilled.
+    os.run(Op::Fork(100_000, true), &specs);
+    assert_eq!(os.pool.held.len(), 100_000);
+    os.run(Op::Tick(3_600_000), &specs);
+    os.run(Op::Fork(100_000, true), &specs);
+    os.run(Op::Tick(3_600_000), &specs);
+    // Then it starts.
+    let a = os.pool.set_count(100_000, os.now).unwrap();
+    os.apply(a);
     os.run(Op::Fork(100_000, false), &specs);
     for i in 0..100_000 {
         os.run(Op::Ack(i), &specs);
