@@ -7,11 +7,7 @@ use std::fs;
 
 /// Parent pid of `pid` (/proc/PID/stat field 4), or `None` if it is gone.
 pub fn parent(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: the fields
-    // that follow start after its last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    rest.split_whitespace().nth(1)?.parse().ok()
+    with_stat(pid, |mut fields| fields.nth(1)?.parse().ok())
 }
 
 /// `pid`'s ancestors, nearest first, up to (not including) pid 1 or `stop`,
@@ -31,11 +27,9 @@ pub fn ancestors(pid: i32, stop: i32, max: usize) -> Vec<i32> {
     out
 }
 
-/// Resident set size of `pid` in bytes (/proc/PID/statm), `None` if gone.
+/// Resident set size of `pid` in bytes, `None` if gone.
 pub fn rss(pid: i32) -> Option<u64> {
-    let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size())
+    usage(pid).map(|u| u.rss_bytes)
 }
 
 fn page_size() -> u64 {
@@ -58,26 +52,36 @@ pub struct Usage {
 
 /// `pid`'s CPU time and RSS (/proc/PID/stat fields 14, 15 and 24), `None` if gone.
 pub fn usage(pid: i32) -> Option<Usage> {
-    // A scrape reads this for every worker: one open, one read into a stack
-    // buffer, one close (read_to_string would add a statx and a second read).
-    // The line is well under 1 KiB (the command name is at most 16 bytes).
+    with_stat(pid, |mut f| {
+        let utime: u64 = f.nth(11)?.parse().ok()?;
+        let stime: u64 = f.next()?.parse().ok()?;
+        let rss_pages: u64 = f.nth(8)?.parse().ok()?;
+        Some(Usage {
+            cpu_seconds: (utime + stime) as f64 / clock_ticks(),
+            rss_bytes: rss_pages * page_size(),
+        })
+    })
+}
+
+/// The fields of /proc/PID/stat from field 3 (state) on, to `read`: field N
+/// is the iterator's item N - 3. A scrape reads this for every worker: one
+/// open, one read into a stack buffer, one close (read_to_string would add a
+/// statx and a second read). The line is well under 1 KiB (the command name
+/// is at most 16 bytes).
+fn with_stat<T>(
+    pid: i32,
+    read: impl FnOnce(std::str::SplitWhitespace<'_>) -> Option<T>,
+) -> Option<T> {
     use std::io::Read;
     let mut f = fs::File::open(format!("/proc/{pid}/stat")).ok()?;
     let mut buf = [0u8; 1024];
     let n = f.read(&mut buf).ok()?;
     let line = buf.get(..n)?;
-    // The command name may hold any bytes: what follows its last ')' is ASCII.
+    // The command name (field 2) may hold any bytes, spaces and parentheses
+    // included: what follows its last ')' is ASCII.
     let close = line.iter().rposition(|b| *b == b')')?;
-    let rest = std::str::from_utf8(&line[close + 1..]).ok()?;
-    // `rest` starts at field 3 (state): field N is at index N - 3.
-    let mut f = rest.split_whitespace();
-    let utime: u64 = f.nth(11)?.parse().ok()?;
-    let stime: u64 = f.next()?.parse().ok()?;
-    let rss_pages: u64 = f.nth(8)?.parse().ok()?;
-    Some(Usage {
-        cpu_seconds: (utime + stime) as f64 / clock_ticks(),
-        rss_bytes: rss_pages * page_size(),
-    })
+    let rest = std::str::from_utf8(line.get(close + 1..)?).ok()?;
+    read(rest.split_whitespace())
 }
 
 fn clock_ticks() -> f64 {

@@ -769,19 +769,6 @@ fn old_notify_workers_keep_their_watchdog_during_a_roll_to_manual_ack() {
     );
 }
 
-/// A notify-acking worker: READY=1 at once, then WATCHDOG=1 every 50ms.
-const PINGING_NOTIFY_WORKER: &str = r#"
-import os, socket, time
-addr = os.environ["NOTIFY_SOCKET"]
-if addr.startswith("@"):
-    addr = "\0" + addr[1:]
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.sendto(b"READY=1\nSTATUS=serving", addr)
-while True:
-    s.sendto(b"WATCHDOG=1", addr)
-    time.sleep(0.05)
-"#;
-
 /// A re-exec under systemd: the service manager sees RELOADING=1 then
 /// READY=1 from the same MAINPID; socket-activated fds keep their numbers and
 /// keep serving; a notify-ack worker's pings reach the new image on the same
@@ -812,7 +799,7 @@ watchdog = "1s"
 "#
     );
     let b = MasterBuilder::config(&toml)
-        .files(&[("worker.py", PINGING_NOTIFY_WORKER)])
+        .files(&[("worker.py", WATCHDOG_WORKER)])
         .wrapper(&["sh", "-c", r#"LISTEN_PID=$$ exec "$@""#, "sh"])
         .env("LISTEN_FDS", "1")
         .env("LISTEN_FDNAMES", "web")
